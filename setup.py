@@ -1,0 +1,46 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lddetr",
+    version="0.1.0",
+    description="LD-DETR (Loop Decoder DEtection TRansformer) for video moment retrieval and highlight detection, "
+    "Hugging Face native.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_lddetr*", "processing*", "hub_datasets*", "training_scripts*"]),
+    include_package_data=True,
+    package_data={
+        "hub_datasets": ["*/README.md", "*/*.json", "*/*.jsonl", "*/LICENSE", "*/data/*"],
+        "training_scripts": ["accelerate_configs/*.yaml", "README.md"],
+        "processing": ["mr_hd_metric/*.py"],
+    },
+    install_requires=[
+        "torch>=2.6",
+        "transformers>=5.19,<6",
+        "datasets>=4.0,<6",
+        "accelerate>=1.1",
+        "evaluate>=0.4.6",
+        "safetensors>=0.4",
+        "huggingface_hub",
+        "numpy",
+        "scipy",
+        "pyarrow",
+        "scikit-learn",
+        "tqdm",
+        "av",
+        "timm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "lddetr-convert=modeling_lddetr.convert_official_checkpoint:main",
+            "lddetr-build-dataset=hub_datasets.build:main",
+            "lddetr-train=training_scripts.train:main",
+            "lddetr-eval=training_scripts.evaluate:main",
+            "lddetr-predict-split=training_scripts.predict_split:main",
+            "lddetr-predict=processing.predict:main",
+        ]
+    },
+)

@@ -1,0 +1,42 @@
+"""Test set-up: no network, and every Hugging Face cache in a throw-away folder.
+
+The environment variables must be set before anything from Hugging Face is imported,
+because huggingface_hub reads its offline flag once, at import time.
+"""
+
+import os
+import tempfile
+
+_cache = tempfile.mkdtemp(prefix="lddetr-test-hf-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", os.path.join(_cache, "home"))
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_cache, "datasets"))
+os.environ.setdefault("HF_MODULES_CACHE", os.path.join(_cache, "modules"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURE_DIR = SHARED / "fixtures" / "official_ldetr_qvh"
+DATA_DIR = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not beside the checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def official_fixture_dir(shared_dir) -> Path:
+    return FIXTURE_DIR
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(shared_dir) -> Path:
+    return DATA_DIR
