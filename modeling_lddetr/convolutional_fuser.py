@@ -1,0 +1,179 @@
+"""Convolutional Fuser (paper §3.3): V2T extractor -> T2V encoder -> encoder 1 -> convolutional blocks -> encoder 2.
+
+Everything is batch first: video (B, L, d), text (B, N, d), masks (B, L) / (B, N) bool with True = valid.
+Padded clips are kept out of attention keys, convolutions and BatchNorm statistics, so a video's fused features
+do not depend on the rest of its batch (the official code lets padding leak in; reference §0.2, §7.1).
+"""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import MultiheadAttention
+from .configuration_lddetr import LDDetrConfig
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    # masked_fill with the dtype's minimum, not "+ (1 - mask) * -1e30", which overflows to NaN in fp16.
+    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim)
+
+
+class V2TExtractor(nn.Module):
+    """Context-query attention (VSLNet) from video clips to text tokens, then a text-pooled feature per clip."""
+
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.w4C = nn.Parameter(torch.empty(d, 1))
+        self.w4Q = nn.Parameter(torch.empty(d, 1))
+        self.w4mlu = nn.Parameter(torch.empty(1, 1, d))
+        self.pool_weight = nn.Parameter(torch.empty(d, 1))
+        self.context_query_proj = nn.Linear(4 * d, d)
+        self.pool_proj = nn.Linear(2 * d, d)
+        self.dropout = nn.Dropout(config.context_query_dropout)
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, video_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        context, query = self.dropout(video), self.dropout(text)  # dropout only inside the trilinear score
+        scores = (context @ self.w4C) + (query @ self.w4Q).transpose(1, 2) + (context * self.w4mlu) @ query.transpose(1, 2)  # (B, L, N)
+        clip_to_token = _masked_softmax(scores, text_mask[:, None, :], dim=2)  # (B, L, N)
+        token_to_clip = _masked_softmax(scores, video_mask[:, :, None], dim=1)  # (B, L, N)
+        c2q = clip_to_token @ text  # (B, L, d)
+        q2c = clip_to_token @ token_to_clip.transpose(1, 2) @ video  # (B, L, d)
+        fused = self.context_query_proj(torch.cat([video, c2q, video * c2q, video * q2c], dim=-1))  # (B, L, d)
+
+        pool_scores = _masked_softmax(text @ self.pool_weight, text_mask[:, :, None], dim=1)  # (B, N, 1)
+        pooled_text = (text.transpose(1, 2) @ pool_scores).transpose(1, 2)  # (B, 1, d)
+        return self.pool_proj(torch.cat([fused, pooled_text.expand_as(fused)], dim=-1)).relu()
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        self.linear1 = nn.Linear(config.hidden_size, config.ffn_dim)
+        self.activation = nn.PReLU()
+        self.dropout = nn.Dropout(config.activation_dropout)
+        self.linear2 = nn.Linear(config.ffn_dim, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+
+class T2VEncoderLayer(nn.Module):
+    """Clips attend to text tokens (queries: clips + positions; keys/values: tokens).
+
+    As the official layer (inherited from QD-DETR), the FFN residual is added to the un-normalised attention
+    output: out = LN2(x + FFN(LN1(x))) with x = video + attention.
+    """
+
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        self.attention = MultiheadAttention(config.hidden_size, config.num_attention_heads, config.attention_dropout)
+        self.norm1 = nn.LayerNorm(config.hidden_size)
+        self.norm2 = nn.LayerNorm(config.hidden_size)
+        self.ffn = FeedForward(config)
+        self.dropout1 = nn.Dropout(config.hidden_dropout)
+        self.dropout2 = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, video_pos: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        x = video + self.dropout1(self.attention(video + video_pos, text, text, key_mask=text_mask))
+        return self.norm2(x + self.dropout2(self.ffn(self.norm1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm DETR encoder layer over the clips."""
+
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        self.attention = MultiheadAttention(config.hidden_size, config.num_attention_heads, config.attention_dropout)
+        self.norm1 = nn.LayerNorm(config.hidden_size)
+        self.norm2 = nn.LayerNorm(config.hidden_size)
+        self.ffn = FeedForward(config)
+        self.dropout1 = nn.Dropout(config.hidden_dropout)
+        self.dropout2 = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, video: torch.Tensor, video_pos: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        query = video + video_pos
+        x = self.norm1(video + self.dropout1(self.attention(query, query, video, key_mask=video_mask)))
+        return self.norm2(x + self.dropout2(self.ffn(x)))
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics come from the valid clips only, optionally synchronised across
+    processes. Same parameters and buffers as `nn.BatchNorm1d`; identical to it when nothing is padded."""
+
+    def __init__(self, num_features: int, sync: bool = False):
+        super().__init__(num_features)
+        self.sync = sync
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, L); mask: (B, 1, L) float, 1 = valid
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        x32 = x.float()
+        count = mask.sum()
+        total = (x32 * mask).sum(dim=(0, 2))
+        if self.sync and dist.is_available() and dist.is_initialized():
+            stats = dist.nn.functional.all_reduce(torch.cat([total, count[None]]))
+            total, count = stats[:-1], stats[-1]
+        mean = total / count
+        centered = (x32 - mean[None, :, None]) * mask
+        squares = (centered * centered).sum(dim=(0, 2))
+        if self.sync and dist.is_available() and dist.is_initialized():
+            squares = dist.nn.functional.all_reduce(squares)
+        var = squares / count
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            unbiased = var.detach() * count / (count - 1).clamp(min=1)
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        out = (x32 - mean[None, :, None]) * torch.rsqrt(var + self.eps)[None, :, None]
+        return out * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+class ConvolutionalBlock(nn.Module):
+    """x <- ReLU(BN2(Conv2(ReLU(BN1(Conv1(x))))) + x), with padded clips zeroed before each convolution so that
+    a video's last clips see the same zero padding as if the sequence ended there."""
+
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.conv1 = nn.Conv1d(d, d, kernel_size=3, padding=1)
+        self.bn1 = MaskedBatchNorm1d(d, sync=config.sync_batchnorm)
+        self.conv2 = nn.Conv1d(d, d, kernel_size=3, padding=1)
+        self.bn2 = MaskedBatchNorm1d(d, sync=config.sync_batchnorm)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, d, L); mask: (B, 1, L) float
+        h = self.bn1(self.conv1(x * mask), mask).relu()
+        h = self.bn2(self.conv2(h * mask), mask)
+        return (h + x).relu()
+
+
+class ConvolutionalFuser(nn.Module):
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        self.v2t_extractor = V2TExtractor(config)
+        self.t2v_encoder = nn.ModuleList(T2VEncoderLayer(config) for _ in range(config.num_t2v_encoder_layers))
+        self.encoder1 = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_encoder1_layers))
+        self.convolutional_blocks = nn.ModuleList(ConvolutionalBlock(config) for _ in range(config.num_convolutional_blocks))
+        self.encoder2 = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_encoder2_layers))
+
+    def forward(
+        self, video: torch.Tensor, text: torch.Tensor, video_mask: torch.Tensor, text_mask: torch.Tensor, video_pos: torch.Tensor
+    ) -> torch.Tensor:
+        """video (B, L, d), text (B, N, d), masks bool, video_pos (B, L, d) -> memory (B, L, d)."""
+        x = self.v2t_extractor(video, text, video_mask, text_mask)
+        for layer in self.t2v_encoder:
+            x = layer(x, text, video_pos, text_mask)
+        for layer in self.encoder1:
+            x = layer(x, video_pos, video_mask)
+        if len(self.convolutional_blocks):
+            conv_mask = video_mask[:, None, :].to(x.dtype)  # (B, 1, L)
+            h = x.transpose(1, 2)
+            for block in self.convolutional_blocks:
+                h = block(h, conv_mask)
+            x = h.transpose(1, 2).to(x.dtype)
+        for layer in self.encoder2:
+            x = layer(x, video_pos, video_mask)
+        return x

@@ -1,0 +1,148 @@
+"""Distill Align (paper §3.2): cross-modal alignment with momentum distillation and feature queues.
+
+Global video and text features (masked means of the unimodal features, L2-normalised) are contrasted against
+each other and against queues of past momentum features. The targets mix the momentum model's similarity
+distribution with the one-hot identity: Y = α·softmax(S_m) + (1 − α)·I. The official code also adds a
+SimSiam-like "sim" loss (not in the paper) with a shared predictor `h`; it is kept, with its own weight.
+"""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_lddetr import LDDetrConfig
+
+
+class _QueueSnapshot:
+    """The queue columns an enqueue overwrote, with their old values, for a gradient computed afterwards."""
+
+    def __init__(self, queue: torch.Tensor):
+        self.queue = queue
+        self.columns: torch.Tensor | None = None
+        self.old_values: torch.Tensor | None = None
+        self.version_after_enqueue: int | None = None
+
+
+class _QueueLogits(torch.autograd.Function):
+    """query (B, d) @ queue (d, K), without saving a copy of the queue for backward.
+
+    The queue is updated in place (enqueue) after the loss and before backward. Its gradient w.r.t. the query
+    needs the queue as it was, so the backward takes the current queue and swaps the overwritten columns back
+    from the snapshot: grad @ old.T = grad @ new.T − grad[:, cols] @ (new[:, cols] − old[:, cols]).T.
+    """
+
+    @staticmethod
+    def forward(ctx, query, snapshot):
+        ctx.snapshot = snapshot
+        ctx.version = snapshot.queue._version
+        return query @ snapshot.queue
+
+    @staticmethod
+    def backward(ctx, grad):
+        snapshot = ctx.snapshot
+        queue = snapshot.queue
+        expected = ctx.version if snapshot.columns is None else snapshot.version_after_enqueue
+        if queue._version != expected:
+            raise RuntimeError(
+                "The Distill Align queue changed between this forward and its backward more than once; run backward "
+                "after each training forward."
+            )
+        grad_query = grad @ queue.T.to(grad.dtype)
+        if snapshot.columns is not None:
+            changed = (queue[:, snapshot.columns] - snapshot.old_values).to(grad.dtype)  # (d, b)
+            grad_query = grad_query - grad[:, snapshot.columns] @ changed.T
+        return grad_query, None
+
+
+def _gather_from_all_processes(x: torch.Tensor) -> torch.Tensor:
+    """(b, d) per process -> (world * b, d), rank order; no gradient (only the momentum features are gathered)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, x.contiguous())
+    return torch.cat(gathered)
+
+
+class DistillAlign(nn.Module):
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.distillation_coefficient = config.distillation_coefficient
+        self.gather_across_processes = config.gather_queue_across_processes
+        self.temp = nn.Parameter(torch.tensor(config.temperature))
+        self.h = nn.Linear(d, d)
+        # (d, K): column k is the k-th queued unit feature
+        self.register_buffer("video_queue", F.normalize(torch.randn(d, config.queue_length), dim=0))
+        self.register_buffer("text_queue", F.normalize(torch.randn(d, config.queue_length), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def _contrastive_loss(self, query: torch.Tensor, keys_momentum: torch.Tensor, queue: _QueueSnapshot, target_momentum: torch.Tensor, alpha, temp) -> torch.Tensor:
+        """query (B, d) online; keys_momentum (B, d) and queue (d, K) the other modality; target_momentum (B, d)
+        this modality's momentum features. Logits over [in-batch momentum keys | queue] without concatenating
+        the queue (which would copy it every step)."""
+        queue_logits = _QueueLogits.apply(query, queue) if torch.is_grad_enabled() else query @ queue.queue
+        logits = torch.cat([query @ keys_momentum.T, queue_logits], dim=1) / temp  # (B, B + K)
+        with torch.no_grad():
+            soft = torch.cat([target_momentum @ keys_momentum.T, target_momentum @ queue.queue], dim=1) / temp
+            soft = soft.softmax(dim=1)
+        log_prob = logits.log_softmax(dim=1)
+        # Σ_j Y_ij log p_ij with Y = α·soft + (1 − α)·I, I the identity on the in-batch block
+        distilled = (soft * log_prob).sum(1)
+        identity = log_prob.diagonal()
+        return -(alpha * distilled + (1 - alpha) * identity).mean()
+
+    def forward(
+        self,
+        video_global: torch.Tensor,
+        text_global: torch.Tensor,
+        video_global_momentum: torch.Tensor,
+        text_global_momentum: torch.Tensor,
+        training_progress: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All inputs (B, d), L2-normalised; returns (loss_align, loss_sim). Enqueues in training mode."""
+        alpha = self.distillation_coefficient
+        if self.training and training_progress is not None:
+            alpha = alpha * min(1.0, max(0.0, training_progress))  # warm-up over the first epoch
+        if self.training:
+            with torch.no_grad():
+                self.temp.clamp_(0.001, 0.5)
+            temp = self.temp
+        else:
+            temp = self.temp.clamp(0.001, 0.5)  # evaluation changes no state
+
+        video_global_momentum = video_global_momentum.detach()
+        text_global_momentum = text_global_momentum.detach()
+        text_queue, video_queue = _QueueSnapshot(self.text_queue), _QueueSnapshot(self.video_queue)
+        loss_v2t = self._contrastive_loss(video_global, text_global_momentum, text_queue, video_global_momentum, alpha, temp)
+        loss_t2v = self._contrastive_loss(text_global, video_global_momentum, video_queue, text_global_momentum, alpha, temp)
+        loss_align = (loss_v2t + loss_t2v) / 2
+
+        predicted_text = self.h(video_global.relu())
+        predicted_video = self.h(text_global.relu())
+        loss_sim = -(
+            F.cosine_similarity(predicted_text, text_global, dim=-1, eps=1e-8).mean()
+            + F.cosine_similarity(predicted_video, video_global, dim=-1, eps=1e-8).mean()
+        ) / 2
+
+        if self.training:
+            self._enqueue(video_global_momentum, text_global_momentum, video_queue, text_queue)
+        return loss_align, loss_sim
+
+    @torch.no_grad()
+    def _enqueue(self, video_features: torch.Tensor, text_features: torch.Tensor, video_snapshot: _QueueSnapshot, text_snapshot: _QueueSnapshot) -> None:
+        """Write the (global, under DDP) batch at the pointer, wrapping around the end of the queue, so that no
+        batch size is skipped (the official code skips batches whose size does not divide the queue length)."""
+        if self.gather_across_processes:
+            video_features = _gather_from_all_processes(video_features)
+            text_features = _gather_from_all_processes(text_features)
+        queue_length = self.video_queue.shape[1]
+        video_features, text_features = video_features[-queue_length:], text_features[-queue_length:]
+        batch = video_features.shape[0]
+        columns = (self.queue_ptr + torch.arange(batch, device=self.queue_ptr.device)) % queue_length
+        for snapshot, features in ((video_snapshot, video_features), (text_snapshot, text_features)):
+            snapshot.columns = columns
+            snapshot.old_values = snapshot.queue[:, columns]
+            snapshot.queue[:, columns] = features.T.to(snapshot.queue.dtype)
+            snapshot.version_after_enqueue = snapshot.queue._version
+        self.queue_ptr.copy_((self.queue_ptr + batch) % queue_length)

@@ -1,0 +1,167 @@
+"""The Loop Decoder (paper §3.4, Eq. 29-31).
+
+An anchor-based DETR decoder (DAB-DETR / QD-DETR style: learned (center, width) anchors, conditional
+cross-attention with sine anchor embeddings, width-modulated attention, iterative anchor refinement) that is run
+`num_decoder_loops` times with shared weights. Each pass feeds the normalised last-layer output back as the content
+queries; the anchors restart from the learned anchors every pass. Only the last pass's per-layer outputs are returned;
+gradients flow through every pass.
+
+The official release returns inside its loop, so it always makes exactly one pass (reference §0.1);
+`num_decoder_loops=1` reproduces it.
+"""
+
+import torch
+from torch import nn
+
+from .attention import MultiheadAttention
+from .configuration_lddetr import LDDetrConfig
+from .position_encoding import anchor_sine_embedding
+from .span_ops import inverse_sigmoid
+
+
+class MLP(nn.Module):
+    """`num_layers` Linear layers with ReLU between them (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = x.relu()
+        return x
+
+
+class AnchorDecoderLayer(nn.Module):
+    """Self-attention between queries, conditional cross-attention to the clips, FFN (post-norm).
+
+    Cross-attention queries/keys concatenate, per head, a content part and a position part (the anchor sine
+    embedding for queries, the clip position for keys), so their heads are twice as wide as the value heads.
+    The content query also gets the anchor position in the first layer only.
+    """
+
+    def __init__(self, config: LDDetrConfig, is_first: bool):
+        super().__init__()
+        d, heads = config.hidden_size, config.num_attention_heads
+        self.is_first = is_first
+        self.sa_qcontent_proj = nn.Linear(d, d)
+        self.sa_qpos_proj = nn.Linear(d, d)
+        self.sa_kcontent_proj = nn.Linear(d, d)
+        self.sa_kpos_proj = nn.Linear(d, d)
+        self.sa_v_proj = nn.Linear(d, d)
+        self.self_attn = MultiheadAttention(d, heads, config.attention_dropout, project_inputs=False)
+        self.norm1 = nn.LayerNorm(d)
+
+        self.ca_qcontent_proj = nn.Linear(d, d)
+        self.ca_qpos_proj = nn.Linear(d, d) if is_first else None
+        self.ca_kcontent_proj = nn.Linear(d, d)
+        self.ca_kpos_proj = nn.Linear(d, d)
+        self.ca_v_proj = nn.Linear(d, d)
+        self.ca_qpos_sine_proj = nn.Linear(d, d)
+        self.cross_attn = MultiheadAttention(2 * d, heads, config.attention_dropout, value_dim=d, project_inputs=False)
+        self.norm2 = nn.LayerNorm(d)
+
+        self.linear1 = nn.Linear(d, config.ffn_dim)
+        self.activation = nn.PReLU()
+        self.linear2 = nn.Linear(config.ffn_dim, d)
+        self.norm3 = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.activation_dropout)
+        self.dropout1 = nn.Dropout(config.hidden_dropout)
+        self.dropout2 = nn.Dropout(config.hidden_dropout)
+        self.dropout3 = nn.Dropout(config.hidden_dropout)
+        self.num_heads = heads
+
+    def _concat_per_head(self, content: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        # (B, S, d) + (B, S, d) -> (B, S, 2d), content and position side by side inside each head
+        batch, length, d = content.shape
+        content = content.view(batch, length, self.num_heads, d // self.num_heads)
+        position = position.view(batch, length, self.num_heads, d // self.num_heads)
+        return torch.cat([content, position], dim=-1).view(batch, length, 2 * d)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        memory_pos: torch.Tensor,
+        query_pos: torch.Tensor,
+        query_sine_embed: torch.Tensor,
+    ) -> torch.Tensor:
+        """queries (B, Q, d), memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d),
+        query_pos (B, Q, d), query_sine_embed (B, Q, d) -> (B, Q, d)."""
+        q = self.sa_qcontent_proj(queries) + self.sa_qpos_proj(query_pos)
+        k = self.sa_kcontent_proj(queries) + self.sa_kpos_proj(query_pos)
+        attended = self.self_attn(q, k, self.sa_v_proj(queries))
+        queries = self.norm1(queries + self.dropout1(attended))
+
+        q = self.ca_qcontent_proj(queries)
+        k = self.ca_kcontent_proj(memory)
+        k_pos = self.ca_kpos_proj(memory_pos)
+        if self.is_first:
+            q = q + self.ca_qpos_proj(query_pos)
+            k = k + k_pos
+        q = self._concat_per_head(q, self.ca_qpos_sine_proj(query_sine_embed))
+        k = self._concat_per_head(k, k_pos)
+        attended = self.cross_attn(q, k, self.ca_v_proj(memory), key_mask=memory_mask)
+        queries = self.norm2(queries + self.dropout2(attended))
+
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(queries))))
+        return self.norm3(queries + self.dropout3(ffn))
+
+
+class AnchorDecoder(nn.Module):
+    """One pass of the decoder: `num_decoder_layers` layers refining (center, width) anchors."""
+
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.hidden_size = d
+        self.layers = nn.ModuleList(AnchorDecoderLayer(config, is_first=(i == 0)) for i in range(config.num_decoder_layers))
+        self.norm = nn.LayerNorm(d)
+        self.query_scale = MLP(d, d, d, 2)
+        self.ref_point_head = MLP(d, d, d, 2)
+        self.bbox_embed = MLP(d, d, 2, 3)  # shared by all layers
+        self.ref_anchor_head = MLP(d, d, 1, 2)
+
+    def forward(
+        self, queries: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor, anchors_unsigmoid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries (B, Q, d), anchors_unsigmoid (B, Q, 2) ->
+        hidden_states (layers, B, Q, d) normalised, reference_anchors (layers, B, Q, 2): the anchor each layer got."""
+        anchors = anchors_unsigmoid.sigmoid()
+        hidden_states, reference_anchors = [], [anchors]
+        for i, layer in enumerate(self.layers):
+            sine_embed = anchor_sine_embedding(anchors, self.hidden_size)  # (B, Q, d)
+            query_pos = self.ref_point_head(sine_embed)
+            if i > 0:
+                sine_embed = sine_embed * self.query_scale(queries)
+            # width-modulated attention: scale by predicted width / anchor width
+            width_ratio = self.ref_anchor_head(queries).sigmoid()[..., 0] / anchors[..., 1]
+            sine_embed = sine_embed * width_ratio[..., None]
+            queries = layer(queries, memory, memory_mask, memory_pos, query_pos, sine_embed)
+
+            new_anchors = (self.bbox_embed(queries) + inverse_sigmoid(anchors)).sigmoid()
+            if i < len(self.layers) - 1:
+                reference_anchors.append(new_anchors)
+            anchors = new_anchors.detach()
+            hidden_states.append(self.norm(queries))
+        return torch.stack(hidden_states), torch.stack(reference_anchors)
+
+
+class LoopDecoder(nn.Module):
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        self.num_loops = config.num_decoder_loops
+        self.decoder = AnchorDecoder(config)
+
+    def forward(
+        self, queries: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor, anchors_unsigmoid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same shapes as `AnchorDecoder.forward`; the outputs are those of the last pass."""
+        for _ in range(self.num_loops):
+            hidden_states, reference_anchors = self.decoder(queries, memory, memory_mask, memory_pos, anchors_unsigmoid)
+            queries = hidden_states[-1]
+        return hidden_states, reference_anchors

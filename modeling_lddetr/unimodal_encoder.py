@@ -1,0 +1,22 @@
+"""Unimodal encoders: project clip or token features to the hidden size (paper §3.1, "two-layer MLP")."""
+
+import torch
+from torch import nn
+
+
+class UnimodalEncoder(nn.Module):
+    """LayerNorm -> Dropout -> Linear -> ReLU -> LayerNorm -> Dropout -> Linear, as the official encoder."""
+
+    def __init__(self, input_dim: int, hidden_size: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(input_dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.linear1 = nn.Linear(input_dim, hidden_size)
+        self.norm2 = nn.LayerNorm(hidden_size)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # (B, S, input_dim) -> (B, S, hidden_size)
+        x = self.linear1(self.dropout1(self.norm1(features))).relu()
+        return self.linear2(self.dropout2(self.norm2(x)))
