@@ -133,9 +133,6 @@ class LDDetrPreTrainedModel(PreTrainedModel):
             for queue in (module.video_queue, module.text_queue):
                 init.copy_(queue, F.normalize(torch.randn(queue.shape), dim=0))
             init.zeros_(module.queue_ptr)
-        elif isinstance(module, LDDetrModel):
-            for online, momentum in module._momentum_pairs():
-                init.copy_(momentum, online)
 
 
 class LDDetrModel(LDDetrPreTrainedModel):
@@ -164,6 +161,10 @@ class LDDetrModel(LDDetrPreTrainedModel):
         self.loss_function_lddetr = LDDetrLoss(config)
         self._training_progress: float | None = None
         self.post_init()
+        # the momentum encoders start as exact copies (from_pretrained then overwrites both with the saved ones)
+        with torch.no_grad():
+            for online, momentum in self._momentum_pairs():
+                momentum.copy_(online)
 
     def _momentum_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         online = [*self.video_encoder.parameters(), *self.text_encoder.parameters()]

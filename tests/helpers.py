@@ -1,0 +1,55 @@
+"""Small configs and random inputs shared by the tests."""
+
+import torch
+
+from modeling_lddetr import LDDetrConfig
+
+NO_DROPOUT = dict(unimodal_dropout=0.0, context_query_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, hidden_dropout=0.0)
+
+
+def tiny_config(**overrides) -> LDDetrConfig:
+    settings = dict(
+        video_feature_dim=20,
+        text_feature_dim=12,
+        hidden_size=32,
+        num_attention_heads=4,
+        ffn_dim=64,
+        num_queries=5,
+        queue_length=16,
+        num_convolutional_blocks=2,
+    )
+    settings.update(overrides)
+    return LDDetrConfig(**settings)
+
+
+def random_batch(config: LDDetrConfig, video_lengths, text_lengths, seed: int = 0, padded_video=None, padded_text=None):
+    """Features with prefix masks; padding is zeros. Returns (inputs dict, labels list)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = len(video_lengths)
+    L = padded_video or max(video_lengths)
+    N = padded_text or max(text_lengths)
+    video = torch.zeros(batch, L, config.video_feature_dim)
+    text = torch.zeros(batch, N, config.text_feature_dim)
+    video_mask = torch.zeros(batch, L)
+    text_mask = torch.zeros(batch, N)
+    labels = []
+    for b, (lv, lt) in enumerate(zip(video_lengths, text_lengths)):
+        video[b, :lv] = torch.randn(lv, config.video_feature_dim, generator=generator)
+        text[b, :lt] = torch.randn(lt, config.text_feature_dim, generator=generator)
+        video_mask[b, :lv] = 1
+        text_mask[b, :lt] = 1
+        center = torch.rand(1, generator=generator).item() * 0.6 + 0.2
+        saliency = torch.zeros(lv)
+        start = int((center - 0.1) * lv)
+        end = max(start + 1, int((center + 0.1) * lv))
+        saliency[start:end] = torch.randint(1, 13, (end - start,), generator=generator).float()
+        labels.append(
+            {
+                "spans": torch.tensor([[center, 0.2]]),
+                "saliency_scores": saliency,
+                "saliency_pos_indices": torch.tensor([start, end - 1]),
+                "saliency_neg_indices": torch.tensor([0, lv - 1]),
+            }
+        )
+    inputs = dict(video_features=video, video_attention_mask=video_mask, text_features=text, text_attention_mask=text_mask)
+    return inputs, labels
