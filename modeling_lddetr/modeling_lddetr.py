@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
@@ -235,12 +236,12 @@ class LDDetrModel(LDDetrPreTrainedModel):
         if len(labels) == 0:
             raise ValueError("labels must hold one dict per sample.")
         spans = [torch.as_tensor(label["spans"], dtype=torch.float32).reshape(-1, 2) for label in labels]
-        saliency = torch.zeros(len(labels), padded_length)
-        for b, label in enumerate(labels):
-            scores = torch.as_tensor(label["saliency_scores"], dtype=torch.float32)
-            if scores.shape[0] > padded_length:
-                raise ValueError(f"labels[{b}]['saliency_scores'] has {scores.shape[0]} clips, the batch has {padded_length}.")
-            saliency[b, : scores.shape[0]] = scores
+        scores = [torch.as_tensor(label["saliency_scores"], dtype=torch.float32).reshape(-1) for label in labels]
+        longest = max(s.shape[0] for s in scores)
+        if longest > padded_length:
+            raise ValueError(f"labels have saliency_scores for {longest} clips, the batch has {padded_length}.")
+        saliency = pad_sequence(scores, batch_first=True)  # (B, longest), zero-padded
+        saliency = F.pad(saliency, (0, padded_length - longest))
         pos = [torch.as_tensor(label["saliency_pos_indices"], dtype=torch.long) for label in labels]
         neg = [torch.as_tensor(label["saliency_neg_indices"], dtype=torch.long) for label in labels]
         if len({p.numel() for p in pos + neg}) != 1:
