@@ -4,10 +4,13 @@ The environment variables must be set before anything from Hugging Face is impor
 because huggingface_hub reads its offline flag once, at import time.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 _cache = tempfile.mkdtemp(prefix="lddetr-test-hf-")
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
