@@ -17,7 +17,8 @@ class LDDetrConfig(PreTrainedConfig):
             Audio is concatenated to the video features before the unimodal video encoder.
         clip_length: seconds per clip (2 for QVHighlights, 1 for Charades-STA). The model itself only uses it to
             reproduce the official highlight head arithmetic; the processor uses it for labels and seconds.
-        max_video_clips / max_text_tokens: the lengths the official data pipeline truncates to (informational).
+        max_video_clips / max_text_tokens: the lengths the official data pipeline truncates to (informational; None:
+            no limit, as the official Charades-STA and TACoS runs).
 
     Architecture:
         hidden_size, num_attention_heads, ffn_dim: transformer width, heads and feed-forward width.
@@ -62,8 +63,8 @@ class LDDetrConfig(PreTrainedConfig):
     text_feature_dim: int = 512
     audio_feature_dim: int = 0
     clip_length: float = 2.0
-    max_video_clips: int = 75
-    max_text_tokens: int = 32
+    max_video_clips: int | None = 75
+    max_text_tokens: int | None = 32
 
     hidden_size: int = 256
     num_attention_heads: int = 8

@@ -4,7 +4,9 @@
 
 The config comes from the checkpoint's training options (`opt`) and its tensor shapes. Converted models reproduce
 the official release: one decoder pass (the official Loop Decoder returns inside its loop) and the official
-highlight-head slicing. The Distill Align queues are kept (use `--no-queues` for an inference-only folder).
+highlight-head slicing. The Distill Align queues are kept (use `--no-queues` for an inference-only folder). The
+processor settings the checkpoint was trained with (feature types and dims, clip length, truncation, tef, label
+type) are written beside the model, so that `LDDetrProcessor.from_pretrained(folder)` prepares inputs as it did.
 """
 
 import argparse
@@ -15,7 +17,13 @@ from pathlib import Path
 import torch
 
 from .configuration_lddetr import LDDetrConfig
+from .feature_extraction_lddetr import LDDetrFeatureExtractor
 from .modeling_lddetr import LDDetrModel
+from .processing_lddetr import LDDetrProcessor
+
+# widths of the official feature releases, by the name of their folder (`v_feat_dirs`)
+_OFFICIAL_VIDEO_FEATURE_DIMS = {"slowfast": 2304, "clip": 512}
+_SALIENCY_LABEL_TYPE_OF_DSET = {"hl": "qvhighlights", "charadesSTA": "binary", "tacos": "binary", "tvsum": "tvsum"}
 
 # official layer prefix -> ours, for the three torch.nn.MultiheadAttention encoders of the fuser
 _ENCODER_PREFIXES = {
@@ -103,6 +111,11 @@ def _option(opt, name, default=None):
     return getattr(opt, name, default) if isinstance(opt, Namespace) else opt.get(name, default)
 
 
+def _limit(value) -> int | None:
+    """The official -1 (no truncation) as None."""
+    return int(value) if value is not None and int(value) > 0 else None
+
+
 def config_from_official_checkpoint(checkpoint: dict) -> LDDetrConfig:
     """Build the config from the checkpoint's options (`opt`, a Namespace or a dict) and tensor shapes."""
     sd = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
@@ -115,8 +128,8 @@ def config_from_official_checkpoint(checkpoint: dict) -> LDDetrConfig:
         text_feature_dim=sd["text_encoder.norm1.weight"].shape[0],
         audio_feature_dim=audio_dim,
         clip_length=float(_option(opt, "clip_length", 2)),
-        max_video_clips=int(_option(opt, "max_v_l", 75)),
-        max_text_tokens=int(_option(opt, "max_q_l", 32)),
+        max_video_clips=_limit(_option(opt, "max_v_l", 75)),
+        max_text_tokens=_limit(_option(opt, "max_q_l", 32)),
         hidden_size=sd["video_encoder.linear1.weight"].shape[0],
         num_attention_heads=8,  # hard-coded in the official fuser and decoder
         ffn_dim=sd["loop_decoder.transformer_decoder.layers.0.linear1.weight"].shape[0],
@@ -145,6 +158,33 @@ def config_from_official_checkpoint(checkpoint: dict) -> LDDetrConfig:
     )
 
 
+def processor_from_official_checkpoint(checkpoint: dict, config: LDDetrConfig) -> LDDetrProcessor:
+    """The preprocessing the checkpoint was trained with, from its options and the model's input widths."""
+    opt = checkpoint.get("opt") or {}
+    use_tef = "tef" in str(_option(opt, "ctx_mode", "video_tef"))
+    tef = 2 if use_tef else 0
+    total = config.video_feature_dim - tef
+    dims = []
+    for folder in _option(opt, "v_feat_dirs", None) or []:
+        name = Path(str(folder).rstrip("/")).name
+        dims.append(next((d for key, d in _OFFICIAL_VIDEO_FEATURE_DIMS.items() if name.startswith(key)), None))
+    if not dims or None in dims or sum(dims) != total:
+        # unknown feature folders: one block of the whole width (per-type normalisation cannot be recovered)
+        dims = [total]
+    feature_extractor = LDDetrFeatureExtractor(
+        video_feature_dims=dims,
+        text_feature_dim=config.text_feature_dim,
+        audio_feature_dim=config.audio_feature_dim - tef if config.audio_feature_dim else 0,
+        max_video_clips=config.max_video_clips,
+        max_text_tokens=config.max_text_tokens,
+        clip_length=config.clip_length,
+        use_tef=use_tef,
+        max_windows=int(_option(opt, "max_windows", 5)),
+        saliency_label_type=_SALIENCY_LABEL_TYPE_OF_DSET.get(_option(opt, "dset_name", "hl"), "qvhighlights"),
+    )
+    return LDDetrProcessor(feature_extractor)
+
+
 def load_official_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -170,6 +210,7 @@ def convert_official_checkpoint(checkpoint_path: str | Path, output_dir: str | P
         raise ValueError(f"checkpoint {checkpoint_path} does not fit LD-DETR: missing {missing}, unexpected {unexpected}")
     if output_dir is not None:
         model.save_pretrained(output_dir, save_queues=save_queues)
+        processor_from_official_checkpoint(checkpoint, config).save_pretrained(output_dir)
     return model
 
 

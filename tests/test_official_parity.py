@@ -6,13 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_lddetr import LDDetrModel
+from modeling_lddetr import LDDetrModel, LDDetrProcessor
 from modeling_lddetr.convert_official_checkpoint import (
     config_from_official_checkpoint,
     convert_official_checkpoint,
     convert_official_state_dict,
     load_official_checkpoint,
     main as convert_main,
+    processor_from_official_checkpoint,
 )
 
 OUTPUT_NAMES = ["pred_logits", "pred_spans", "saliency_scores", "aux_0_pred_logits", "aux_0_pred_spans"]
@@ -120,3 +121,25 @@ def test_converter_cli_writes_a_loadable_folder(fixture, tmp_path):
     with torch.no_grad():
         output = _run(model, fixture["inputs"])
     _assert_matches(output, fixture["eval"], fixture["losses"]["eval"])  # queues kept: loss_align matches too
+
+
+def test_converter_writes_the_processor_the_checkpoint_implies(fixture, tmp_path):
+    convert_main(["--checkpoint", str(fixture["checkpoint"]), "--output-dir", str(tmp_path / "converted")])
+    processor = LDDetrProcessor.from_pretrained(tmp_path / "converted")
+    settings = processor.feature_extractor
+    # opt: v_feat_dirs slowfast + clip, ctx_mode video_tef, max_v_l 75, max_q_l 32, clip_length 2, dset_name hl
+    assert settings.video_feature_dims == [2304, 512] and settings.use_tef
+    assert settings.model_video_feature_dim == LDDetrModel.from_pretrained(tmp_path / "converted").config.video_feature_dim
+    assert (settings.max_video_clips, settings.max_text_tokens, settings.clip_length) == (75, 32, 2.0)
+    assert settings.saliency_label_type == "qvhighlights"
+
+
+def test_charades_options_without_truncation_convert_to_no_limit(fixture):
+    checkpoint = torch.load(fixture["checkpoint"], map_location="cpu", weights_only=False)
+    opt = dict(vars(checkpoint["opt"]) if not isinstance(checkpoint["opt"], dict) else checkpoint["opt"])
+    opt.update(max_v_l=-1, clip_length=1, dset_name="charadesSTA")
+    checkpoint["opt"] = opt
+    config = config_from_official_checkpoint(checkpoint)
+    processor = processor_from_official_checkpoint(checkpoint, config)
+    assert config.max_video_clips is None and processor.feature_extractor.max_video_clips is None
+    assert processor.feature_extractor.clip_length == 1.0 and processor.feature_extractor.saliency_label_type == "binary"
