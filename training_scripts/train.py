@@ -1,0 +1,149 @@
+"""Train LD-DETR (`lddetr-train`, or `python training_scripts/train.py`).
+
+    lddetr-train                                   # the embedded demo data, a few minutes on 2 CPU cores
+    lddetr-train --dataset DIR --preset qvhighlights --output_dir runs/qvh --seed 1
+    torchrun --nproc_per_node 4 training_scripts/train.py --dataset DIR --per_device_train_batch_size 8
+    accelerate launch --config_file training_scripts/accelerate_configs/multi_gpu.yaml training_scripts/train.py ...
+
+`--dataset` is a folder written by `lddetr-build-dataset` or a Hub dataset id. Any `TrainingArguments` field can be
+overridden (`--num_train_epochs 5`, `--bf16 true`, `--resume_from_checkpoint DIR`, ...); the preset only sets their
+defaults. The final model (without the Distill Align queues) and processor are saved to `--output_dir`.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from transformers import HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
+
+from hub_datasets import load_lddetr_dataset  # noqa: E402
+from hub_datasets.demo import demo_dataset_path  # noqa: E402
+from modeling_lddetr import LDDetrConfig, LDDetrModel, LDDetrProcessor  # noqa: E402
+from modeling_lddetr.collator_lddetr import LDDetrDataCollator  # noqa: E402
+from training_scripts.evaluate import format_table  # noqa: E402
+from training_scripts.presets import COMMON_TRAINING, PRESETS, preset_for_dataset  # noqa: E402
+from training_scripts.trainer import LDDetrTrainer  # noqa: E402
+
+
+@dataclass
+class ScriptArguments:
+    dataset: str | None = field(default=None, metadata={"help": "dataset folder or Hub id (default: the embedded demo data)"})
+    preset: str | None = field(default=None, metadata={"help": f"one of {sorted(PRESETS)}; default: from the dataset"})
+    init_from: str | None = field(default=None, metadata={"help": "start from this pretrained LD-DETR folder or Hub id"})
+    num_decoder_loops: int | None = field(default=None, metadata={"help": "Loop Decoder passes (paper: 3)"})
+    sync_batchnorm: bool = field(default=False, metadata={"help": "synchronise BatchNorm statistics across processes"})
+    domain: str | None = field(default=None, metadata={"help": "TVSum: train and evaluate on this domain (video category) only"})
+    train_split: str = "train"
+    eval_split: str | None = field(default=None, metadata={"help": "default: validation, or test where there is none (Charades-STA)"})
+    evaluate_before_training: bool = field(default=False, metadata={"help": "report the metrics of the initial model"})
+
+
+def model_config_for(processor: LDDetrProcessor, **overrides) -> LDDetrConfig:
+    """The model's input dims follow the processor: video feature types (+ 2 tef columns), text, audio."""
+    fe = processor.feature_extractor
+    return LDDetrConfig(
+        video_feature_dim=fe.model_video_feature_dim,
+        text_feature_dim=fe.text_feature_dim,
+        audio_feature_dim=fe.model_audio_feature_dim,
+        clip_length=float(fe.clip_length),
+        max_video_clips=fe.max_video_clips,
+        max_text_tokens=fe.max_text_tokens,
+        **overrides,
+    )
+
+
+def select_domain(queries, domain: str):
+    """The rows of one TVSum domain in every split (the paper trains and reports each domain separately)."""
+    if "domain" not in queries[next(iter(queries))].column_names:
+        raise SystemExit("--domain needs a dataset with a domain column (TVSum)")
+    selected = queries.filter(lambda value: value == domain, input_columns="domain")
+    if any(len(split) == 0 for split in selected.values()):
+        domains = sorted(set(queries[next(iter(queries))]["domain"]))
+        raise SystemExit(f"no rows of domain {domain!r} in some split; the domains are {domains}")
+    return selected
+
+
+def parse_training_arguments(remaining: list[str], preset: str) -> TrainingArguments:
+    """TrainingArguments from the command line, with the preset's values as defaults."""
+    parser = HfArgumentParser(TrainingArguments)
+    parser.set_defaults(**dict(COMMON_TRAINING, output_dir="lddetr-output", seed=42, **PRESETS[preset]["training"]))
+    # pinned memory only helps copies to a GPU (and warns without one)
+    parser.set_defaults(dataloader_pin_memory=torch.cuda.is_available())
+    (training_args,) = parser.parse_args_into_dataclasses(remaining)
+    return training_args
+
+
+def print_metrics(trainer: LDDetrTrainer, title: str, metrics: dict, prefix: str) -> None:
+    """The official metrics (not the loss terms) as a table, once."""
+    if trainer.is_world_process_zero():
+        shown = {k.removeprefix(f"{prefix}_"): v for k, v in metrics.items() if not k.startswith(f"{prefix}_loss") and k != "epoch"}
+        print(f"\n{title}\n{format_table(shown)}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(argv)
+
+
+def train(argv: list[str] | None = None) -> dict:
+    """Run the training the command line describes; returns the final evaluation metrics."""
+    script_args, remaining = HfArgumentParser(ScriptArguments).parse_known_args(argv)
+    dataset_path = script_args.dataset or str(demo_dataset_path())
+    queries, videos, info = load_lddetr_dataset(dataset_path)
+    preset = script_args.preset or ("demo" if script_args.dataset is None else preset_for_dataset(info["dataset_type"]))
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown --preset {preset!r}; choose from {sorted(PRESETS)}")
+    training_args = parse_training_arguments(remaining, preset)
+    set_seed(training_args.seed)
+    eval_split = script_args.eval_split or ("validation" if "validation" in queries else "test")
+    for split in (script_args.train_split, eval_split):
+        if split not in queries:
+            raise SystemExit(f"{dataset_path} has no split {split!r}; it has {sorted(queries)}")
+    if script_args.domain is not None:
+        queries = select_domain(queries, script_args.domain)
+
+    # the Trainer would push every checkpoint (queues included); the final export is pushed below instead
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+
+    processor = LDDetrProcessor.from_dataset_info(info)
+    overrides = dict(PRESETS[preset]["model"], sync_batchnorm=script_args.sync_batchnorm)
+    if script_args.num_decoder_loops is not None:
+        overrides["num_decoder_loops"] = script_args.num_decoder_loops
+    if script_args.init_from:
+        model = LDDetrModel.from_pretrained(script_args.init_from)
+    else:
+        model = LDDetrModel(model_config_for(processor, **overrides))
+
+    trainer = LDDetrTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=queries[script_args.train_split],
+        eval_dataset=queries[eval_split],
+        data_collator=LDDetrDataCollator(processor, videos),
+        processing_class=processor,
+        dataset_type=info["dataset_type"],
+        clip_length=float(info["clip_length"]),
+    )
+    if script_args.evaluate_before_training:
+        initial = trainer.evaluate(metric_key_prefix="initial")
+        print_metrics(trainer, f"{eval_split} metrics before training", initial, "initial")
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    print_metrics(trainer, f"{eval_split} metrics of the final model", metrics, "eval")
+
+    if trainer.is_world_process_zero():
+        model.save_pretrained(training_args.output_dir)  # inference export: no queues
+        processor.save_pretrained(training_args.output_dir)
+        if push_to_hub:
+            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+            model.push_to_hub(repo_id, private=training_args.hub_private_repo)
+            processor.push_to_hub(repo_id, private=training_args.hub_private_repo)
+        print(f"saved the trained model and processor to {training_args.output_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
