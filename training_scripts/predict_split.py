@@ -1,0 +1,81 @@
+"""lddetr-predict-split: write the official submission jsonl of a trained model on a dataset split.
+
+    lddetr-predict-split --model lddetr-output --dataset DIR --split test --output hl_test_submission.jsonl
+    lddetr-predict-split --model lddetr-output --split validation --output val.jsonl --metrics val_metrics.json
+
+Works on splits without labels (the QVHighlights test split, which the official code cannot predict) and scores the
+split with the official metrics when it has ground truth and `--metrics` is given. `--dataset` is a folder written
+by `lddetr-build-dataset` or a Hub dataset id (default: the embedded demo data).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hub_datasets import load_lddetr_dataset
+from hub_datasets.demo import demo_dataset_path
+from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor, write_submission
+from processing.metrics import compute_metrics
+
+from .prediction import ground_truth_records, predict_records
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lddetr-predict-split", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a trained LD-DETR folder or Hub id (model and processor)")
+    parser.add_argument("--dataset", help="dataset folder or Hub id (default: the embedded demo data)")
+    parser.add_argument("--split", default="validation", help="split to predict (default: %(default)s)")
+    parser.add_argument("--output", required=True, help="submission jsonl to write")
+    parser.add_argument("--metrics", help="also score the split (it must have ground truth) and write the full report here")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=int, default=10, help="windows kept per query (default: %(default)s)")
+    parser.add_argument("--nms-threshold", type=float, help="temporal NMS IoU threshold (default: no NMS, as the paper)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args(argv)
+
+
+def has_ground_truth(records: list[dict], dataset_type: str) -> bool:
+    key = "label" if dataset_type == "tvsum" else "relevant_windows"
+    return bool(records) and all(record.get(key) is not None for record in records)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        queries, videos, info = load_lddetr_dataset(args.dataset or demo_dataset_path())
+        if args.split not in queries:
+            raise ValueError(f"the dataset has no split {args.split!r}; it has {sorted(queries)}")
+        model = LDDetrModel.from_pretrained(args.model).to(args.device)
+        processor = LDDetrProcessor.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        print(f"lddetr-predict-split: error: {error}", file=sys.stderr)
+        return 1
+
+    split = queries[args.split]
+    loader = DataLoader(split, batch_size=args.batch_size, collate_fn=LDDetrDataCollator(processor, videos, seed=0))
+    records = []
+    for batch in tqdm(loader, desc=f"predicting {args.split}", unit="batch"):
+        batch_records, _ = predict_records(model, processor, [batch], args.device, top_k=args.top_k, nms_threshold=args.nms_threshold)
+        records.extend(batch_records)
+    write_submission(records, args.output)
+    print(f"{len(records)} predictions written to {args.output}")
+
+    if args.metrics:
+        ground_truth = ground_truth_records(split)
+        if not has_ground_truth(ground_truth, info["dataset_type"]):
+            print(f"lddetr-predict-split: error: split {args.split!r} has no ground truth to score", file=sys.stderr)
+            return 1
+        metrics = compute_metrics(records, ground_truth, dataset_type=info["dataset_type"], clip_length=float(info["clip_length"]))
+        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics).write_text(json.dumps(metrics, indent=4) + "\n", encoding="utf-8")
+        print(json.dumps(metrics["brief"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
