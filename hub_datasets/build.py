@@ -76,6 +76,10 @@ def build_command(spec: DatasetSpec, dtype: str, splits: list[str] | None, max_v
     parts = [f"lddetr-build-dataset {spec.dataset_type} --annotations-dir ANNOTATIONS --features-dir FEATURES --output-dir OUTPUT"]
     parts.append(f"--feature-dtype {dtype}")
     official = SPECS.get(spec.dataset_type)
+    names = [s.name for s in spec.video_sources]
+    if official is not None and [s.name for s in official.video_sources] != names:
+        parts.append("--video-features " + " ".join(names))
+        official = official.with_video_features(names)
     if official is not None and [s.dim for s in official.video_sources] != [s.dim for s in spec.video_sources]:
         parts.append("--video-feature-dims " + " ".join(str(s.dim) for s in spec.video_sources))
     if official is not None and official.text_source.dim != spec.text_source.dim:
@@ -258,6 +262,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--splits", nargs="+", help="splits to build (default: every split whose annotation file exists)")
     parser.add_argument("--max-video-clips", type=int, help="keep at most this many clips per video (default: all)")
     parser.add_argument("--with-audio", action="store_true", help="also store PANN audio features (QVHighlights)")
+    parser.add_argument(
+        "--video-features",
+        nargs="+",
+        metavar="TYPE",
+        help="video feature types to store (default: all, e.g. slowfast clip); `clip` alone gives a dataset for a "
+        "CLIP-only model that lddetr-predict can run on any video",
+    )
     parser.add_argument("--video-feature-dims", type=int, nargs="+", help="dims of the video feature types, if not the official ones")
     parser.add_argument("--text-feature-dim", type=int, help="dim of the text features, if not the official one")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -271,7 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        spec = SPECS[args.name].with_dims(args.video_feature_dims, args.text_feature_dim)
+        spec = SPECS[args.name].with_video_features(args.video_features).with_dims(args.video_feature_dims, args.text_feature_dim)
         report = build_dataset(
             spec,
             args.annotations_dir,

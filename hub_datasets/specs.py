@@ -43,6 +43,17 @@ class DatasetSpec:
     audio_source: FeatureSource | None = None
     has_domain: bool = False  # TVSum rows carry a video category ("domain"); training runs per domain
 
+    def with_video_features(self, names: list[str] | None = None) -> "DatasetSpec":
+        """The same layout keeping only the named video feature types, in the official order (e.g. ["clip"] for a
+        CLIP-only model that runs on any video without a SlowFast extractor)."""
+        if not names:
+            return self
+        known = [s.name for s in self.video_sources]
+        unknown = [name for name in names if name not in known]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"{self.dataset_type} video feature types are {known}; got {names}")
+        return replace(self, video_sources=tuple(s for s in self.video_sources if s.name in names))
+
     def with_dims(self, video_dims: list[int] | None = None, text_dim: int | None = None) -> "DatasetSpec":
         """The same layout with other feature dims (features from another backbone, the synthetic demo)."""
         sources = self.video_sources

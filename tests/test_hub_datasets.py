@@ -576,3 +576,20 @@ def test_demo_annotations_are_verbatim_qvhighlights_rows_with_its_license(shared
         official = set(_lines(source / name))
         demo_lines = _lines(demo_module.ANNOTATIONS_DIR / name)
         assert demo_lines and set(demo_lines) <= official
+
+
+def test_clip_only_build_keeps_the_clip_features_and_says_so(qvh, tmp_path):
+    out = output_dir(tmp_path)
+    main([
+        "qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features),
+        "--output-dir", str(out), "--no-progress", "--video-features", "clip",
+    ])
+    queries, videos, info = load_lddetr_dataset(out)
+    assert info["video_feature_names"] == ["clip"] and info["video_feature_dims"] == [512]
+    row = videos[0]
+    clip_only = qvh.video[row["vid"]][1]  # the tree's clip features (type 1)
+    np.testing.assert_allclose(row["video_features"], clip_only[: len(row["video_features"])], rtol=1e-6)
+    assert "--video-features clip" in (out / "README.md").read_text()
+    with pytest.raises(SystemExit, match=r"video feature types are \['slowfast', 'clip'\]"):
+        main(["qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features),
+              "--output-dir", str(tmp_path / "other"), "--no-progress", "--video-features", "resnet"])
