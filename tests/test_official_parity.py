@@ -6,6 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import random_batch, tiny_config
+
 from modeling_lddetr import LDDetrModel, LDDetrProcessor
 from modeling_lddetr.convert_official_checkpoint import (
     config_from_official_checkpoint,
@@ -143,3 +145,93 @@ def test_charades_options_without_truncation_convert_to_no_limit(fixture):
     processor = processor_from_official_checkpoint(checkpoint, config)
     assert config.max_video_clips is None and processor.feature_extractor.max_video_clips is None
     assert processor.feature_extractor.clip_length == 1.0 and processor.feature_extractor.saliency_label_type == "binary"
+
+
+# ------------------------------------------------------------------------------ other official settings
+
+_OUR_ENCODERS = {new: old for old, new in (
+    ("convolutional_fuser.t2v_encoder.layers.", "convolutional_fuser.t2v_encoder."),
+    ("convolutional_fuser.transformer_encoder1.layers.", "convolutional_fuser.encoder1."),
+    ("convolutional_fuser.transformer_encoder2.layers.", "convolutional_fuser.encoder2."),
+)}
+_OUR_ENCODER_PARTS = {"attention.out_proj.": "self_attn.out_proj.", "ffn.linear1.": "linear1.", "ffn.linear2.": "linear2.",
+                      "ffn.activation.": "activation.", "norm1.": "norm1.", "norm2.": "norm2."}
+_OUR_PLAIN = [
+    ("distill_align.video_queue", "distill_align.vid_queue"),
+    ("distill_align.text_queue", "distill_align.txt_queue"),
+    ("convolutional_fuser.v2t_extractor.pool_weight", "convolutional_fuser.v2t_extractor.weight"),
+    ("convolutional_fuser.v2t_extractor.context_query_proj.", "convolutional_fuser.v2t_extractor.cqa_linear."),
+    ("convolutional_fuser.v2t_extractor.pool_proj.", "convolutional_fuser.v2t_extractor.conv1d."),
+    ("convolutional_fuser.convolutional_blocks.", "convolutional_fuser.convolutional_block.blocks."),
+    ("anchor_embed.", "query_embed."),
+    ("loop_decoder.decoder.", "loop_decoder.transformer_decoder."),
+    ("moment_retrieval_head.", "prediction_heads.video_moment_retrieval_prediction_head."),
+    ("highlight_detection_head.", "prediction_heads.highlight_detection_prediction_head."),
+]
+
+
+def _to_official_layout(state_dict):
+    """Our state dict in the official checkpoint's key layout (written independently of the converter, from the
+    official module structure of reference §1.12): the inverse the converter must undo."""
+    official, qkv = {}, {}
+    for key, value in state_dict.items():
+        encoder = next((p for p in _OUR_ENCODERS if key.startswith(p)), None)
+        if encoder is not None:
+            layer, rest = key[len(encoder):].split(".", 1)
+            prefix = f"{_OUR_ENCODERS[encoder]}{layer}."
+            if rest.startswith("attention.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                kind = rest.rsplit(".", 1)[1]
+                qkv.setdefault(f"{prefix}self_attn.in_proj_{kind}", {})[rest.split(".")[1][0]] = value
+                continue
+            part = next(p for p in _OUR_ENCODER_PARTS if rest.startswith(p))
+            official[prefix + _OUR_ENCODER_PARTS[part] + rest[len(part):]] = value
+            continue
+        for ours, theirs in _OUR_PLAIN:
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
+                break
+        if key.endswith(("cqa_linear.weight", "conv1d.weight")):
+            value = value.unsqueeze(-1)  # the official kernel-size-1 Conv1d
+        official[key] = value
+    for key, parts in qkv.items():
+        official[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return official
+
+
+@pytest.mark.parametrize(
+    "settings, opt",
+    [
+        (  # Charades-STA: clip 1 s, 4 conv blocks, no truncation, other coefficients, another queue length
+            dict(hidden_size=64, ffn_dim=128, num_convolutional_blocks=4, queue_length=48, video_feature_dim=2818,
+                 distillation_coefficient=0.3, sim_loss_coefficient=0.4, saliency_loss_coefficient=1.5, clip_length=1.0),
+            dict(dset_name="charadesSTA", clip_length=1, max_v_l=-1, distillation_coefficient=0.3, sim_loss_coef=0.4, lw_saliency=1.5),
+        ),
+        (  # CLIP-only video, 3 decoder layers, 6 queries
+            dict(hidden_size=32, ffn_dim=64, num_decoder_layers=3, num_queries=6, queue_length=16, video_feature_dim=514),
+            dict(dset_name="hl", clip_length=2, max_v_l=75, v_feat_dirs=["../features/qvhighlight/clip_features"]),
+        ),
+    ],
+)
+def test_checkpoints_of_other_settings_convert_exactly(settings, opt, tmp_path):
+    torch.manual_seed(0)
+    source = LDDetrModel(tiny_config(text_feature_dim=512, num_decoder_loops=1, official_highlight_slicing=True,
+                                     num_attention_heads=8, **settings)).eval()
+    checkpoint = {"model": _to_official_layout(source.state_dict()), "opt": dict(ctx_mode="video_tef", **opt)}
+    torch.save(checkpoint, tmp_path / "model_best.ckpt")
+
+    converted = convert_official_checkpoint(tmp_path / "model_best.ckpt", tmp_path / "out").eval()
+    config = converted.config
+    for name, value in settings.items():
+        assert getattr(config, name) == value, name
+    assert config.clip_length == float(opt["clip_length"])
+    assert config.max_video_clips == (None if opt["max_v_l"] < 0 else opt["max_v_l"])
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(converted.state_dict()[key], value, atol=0, rtol=0, msg=key)
+    inputs, labels = random_batch(config, [7, 5], [4, 6])
+    with torch.no_grad():
+        expected, got = source(**inputs, labels=labels), converted(**inputs, labels=labels)
+    torch.testing.assert_close(got.pred_spans, expected.pred_spans, atol=0, rtol=0)
+    torch.testing.assert_close(got.saliency_scores, expected.saliency_scores, atol=0, rtol=0)
+    assert got.loss.item() == expected.loss.item()
+    processor = LDDetrProcessor.from_pretrained(tmp_path / "out")
+    assert processor.feature_extractor.model_video_feature_dim == settings["video_feature_dim"]
