@@ -26,6 +26,7 @@ setup(
         "numpy",
         "scipy",
         "pyarrow",
+        "pyyaml",
         "scikit-learn",
         "tqdm",
         "av",
