@@ -8,12 +8,15 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_lddetr*", "processing*", "hub_datasets*", "training_scripts*"]),
+    # the two data folders are listed as packages so that setuptools ships their files without warnings
+    packages=find_packages(include=["modeling_lddetr*", "processing*", "hub_datasets*", "training_scripts*"])
+    + ["processing.mr_hd_metric", "training_scripts.accelerate_configs"],
     include_package_data=True,
     package_data={
         "hub_datasets": ["*/README.md", "*/*.json", "*/*.jsonl", "*/LICENSE", "*/data/*"],
-        "training_scripts": ["accelerate_configs/*.yaml", "README.md"],
-        "processing": ["mr_hd_metric/*.py"],
+        "training_scripts": ["README.md"],
+        "training_scripts.accelerate_configs": ["*.yaml"],
+        "processing.mr_hd_metric": ["*.py"],
     },
     install_requires=[
         "torch>=2.6",
