@@ -151,3 +151,23 @@ def test_tvsum_domain_selection_keeps_one_domain_and_names_the_others():
         select_domain(queries, "GA")
     with pytest.raises(SystemExit, match="domain column"):
         select_domain(DatasetDict(train=Dataset.from_dict({"qid": [1]})), "BK")
+
+
+def test_train_command_pushes_only_the_inference_export(demo, tmp_path, monkeypatch):
+    pushed = []
+
+    def fake_push(self, repo_id, **kwargs):
+        pushed.append((type(self).__name__, repo_id, kwargs.get("private")))
+
+    monkeypatch.setattr(LDDetrModel, "push_to_hub", fake_push)
+    monkeypatch.setattr(LDDetrProcessor, "push_to_hub", fake_push)
+    out = tmp_path / "run"
+    train_main(
+        [
+            "--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(out), "--max_steps", "1",
+            "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1", "--load_best_model_at_end", "false",
+            "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "org/lddetr-demo", "--hub_private_repo", "true",
+        ]
+    )
+    assert pushed == [("LDDetrModel", "org/lddetr-demo", True), ("LDDetrProcessor", "org/lddetr-demo", True)]
+    assert (out / "checkpoint-1").is_dir()  # checkpoints are written locally, never pushed
