@@ -14,6 +14,7 @@ from hub_datasets.demo import demo_dataset_path
 from modeling_lddetr import LDDetrModel, LDDetrProcessor
 from modeling_lddetr.collator_lddetr import LDDetrDataCollator
 from training_scripts.train import main as train_main
+from training_scripts.train import train as train_main_metrics
 from training_scripts.train import model_config_for
 from training_scripts.trainer import LDDetrTrainer, epoch_cosine_schedule
 
@@ -171,3 +172,23 @@ def test_train_command_pushes_only_the_inference_export(demo, tmp_path, monkeypa
     )
     assert pushed == [("LDDetrModel", "org/lddetr-demo", True), ("LDDetrProcessor", "org/lddetr-demo", True)]
     assert (out / "checkpoint-1").is_dir()  # checkpoints are written locally, never pushed
+
+
+@pytest.mark.parametrize("name, metric", [("charades-sta", "eval_MR-full-R1@0.5"), ("tacos", "eval_MR-full-mIoU"), ("tvsum", "eval_mAP")])
+def test_train_command_runs_on_every_dataset_kind(name, metric, tmp_path, shared_data_dir):
+    from test_hub_datasets import build, output_dir, write_tree
+
+    tree = write_tree(tmp_path / name, shared_data_dir, name)
+    dataset = output_dir(tmp_path)
+    build(tree, name, dataset)
+    metrics = train_main_metrics(
+        [
+            "--dataset", str(dataset), "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
+            "--per_device_train_batch_size", "2", "--save_strategy", "no", "--load_best_model_at_end", "false",
+            "--disable_tqdm", "true", "--eval_strategy", "no",
+        ]
+    )
+    assert metric in metrics and 0 <= metrics[metric] <= 100
+    model = LDDetrModel.from_pretrained(tmp_path / "run")
+    assert model.config.clip_length == (1.0 if name == "charades-sta" else 2.0)
+    assert model.config.moment_retrieval_loss == (name != "tvsum")
