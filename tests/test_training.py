@@ -1,6 +1,7 @@
 """LDDetrTrainer on the embedded demo data: the loss goes down, resuming is exact, DDP ranks agree."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,19 @@ def test_train_command_runs_on_every_dataset_kind(name, metric, tmp_path, shared
     model = LDDetrModel.from_pretrained(tmp_path / "run")
     assert model.config.clip_length == (1.0 if name == "charades-sta" else 2.0)
     assert model.config.moment_retrieval_loss == (name != "tvsum")
+
+
+def test_torchrun_on_cpu_trains_one_ddp_job(demo, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+         str(REPO / "training_scripts" / "train.py"), "--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(tmp_path / "run"),
+         "--max_steps", "2", "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "no",
+         "--load_best_model_at_end", "false", "--disable_tqdm", "true", "--log_level", "info"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    # one job over 2 processes: a global batch of 2 x 4 (two separate runs would each report 4)
+    totals = re.findall(r"Total train batch size .* = (\d+)", result.stdout + result.stderr)
+    assert totals == ["8"], totals
+    assert LDDetrModel.from_pretrained(tmp_path / "run").config.hidden_size == 128

@@ -71,8 +71,10 @@ def parse_training_arguments(remaining: list[str], preset: str) -> TrainingArgum
     """TrainingArguments from the command line, with the preset's values as defaults."""
     parser = HfArgumentParser(TrainingArguments)
     parser.set_defaults(**dict(COMMON_TRAINING, output_dir="lddetr-output", seed=42, **PRESETS[preset]["training"]))
-    # pinned memory only helps copies to a GPU (and warns without one)
-    parser.set_defaults(dataloader_pin_memory=torch.cuda.is_available())
+    # without a GPU: pinned memory only warns, and use_cpu is what makes torchrun's processes one gloo DDP job
+    # (with a CUDA build of torch on a CPU machine, Trainer otherwise runs each process alone)
+    has_gpu = torch.cuda.is_available()
+    parser.set_defaults(dataloader_pin_memory=has_gpu, use_cpu=not has_gpu)
     (training_args,) = parser.parse_args_into_dataclasses(remaining)
     return training_args
 
