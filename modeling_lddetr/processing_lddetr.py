@@ -16,6 +16,7 @@ Differences, all deliberate:
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -178,9 +179,11 @@ def write_submission(records: Sequence[dict], path: str | Path) -> Path:
     """Write records as the official submission jsonl (one JSON object per line); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps({key: _plain(value) for key, value in record.items()}) + "\n")
+    lines = [json.dumps({key: _plain(value) for key, value in record.items()}) + "\n" for record in records]
+    # written beside and renamed: a failure never leaves a half-written file in place of an earlier one
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(lines), encoding="utf-8")
+    os.replace(partial, path)
     return path
 
 

@@ -22,6 +22,7 @@ from hub_datasets.demo import demo_dataset_path
 from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor, write_submission
 from processing.metrics import compute_metrics
 
+from .evaluate import format_table
 from .prediction import ground_truth_records, predict_records
 
 
@@ -73,7 +74,8 @@ def main(argv=None) -> int:
         metrics = compute_metrics(records, ground_truth, dataset_type=info["dataset_type"], clip_length=float(info["clip_length"]))
         Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics).write_text(json.dumps(metrics, indent=4) + "\n", encoding="utf-8")
-        print(json.dumps(metrics["brief"], indent=1))
+        print(format_table(metrics["brief"]))
+        print(f"full metrics written to {args.metrics}")
     return 0
 
 
