@@ -187,10 +187,11 @@ def test_hidden_sizes_other_than_256():
     assert torch.isfinite(output.loss)
 
 
-def test_bf16_autocast_training_step_has_no_nan():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_training_step_has_no_nan(dtype):
     model = _model().train()
     inputs, labels = random_batch(model.config, [12, 7], [5, 3])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         output = model(**inputs, labels=labels)
     output.loss.backward()
     assert torch.isfinite(output.loss)
