@@ -222,33 +222,28 @@ class LDDetrFeatureExtractor(FeatureExtractionMixin):
 
     def _video_matrix(self, features, index: int) -> np.ndarray:
         """(clips, sum(video_feature_dims)), each feature type normalised on its own."""
-        matrix = as_feature_matrix(features, "video_features", index, "a video shorter than one clip")
-        if matrix.shape[1] != sum(self.video_feature_dims):
-            raise ValueError(
-                f"sample {index}: video_features have width {matrix.shape[1]}, expected sum(video_feature_dims) = "
-                f"{sum(self.video_feature_dims)} ({self.video_feature_dims})"
-            )
+        width = sum(self.video_feature_dims)
+        matrix = as_feature_matrix(
+            features, "video_features", index, "a video shorter than one clip",
+            width, f"sum(video_feature_dims) = {width} ({self.video_feature_dims})",
+        )
         if not self.normalize_features:
             return matrix
         blocks = np.split(matrix, np.cumsum(self.video_feature_dims)[:-1], axis=1)
         return np.concatenate([l2_normalize_rows(block, self.normalization_eps) for block in blocks], axis=1)
 
     def _audio_matrix(self, features, index: int) -> np.ndarray:
-        matrix = as_feature_matrix(features, "audio_features", index, "audio shorter than one clip")
-        if matrix.shape[1] != self.audio_feature_dim:
-            raise ValueError(
-                f"sample {index}: audio_features have width {matrix.shape[1]}, expected audio_feature_dim = "
-                f"{self.audio_feature_dim}"
-            )
+        matrix = as_feature_matrix(
+            features, "audio_features", index, "audio shorter than one clip",
+            self.audio_feature_dim, f"audio_feature_dim = {self.audio_feature_dim}",
+        )
         return l2_normalize_rows(matrix, self.normalization_eps) if self.normalize_features else matrix
 
     def _text_matrix(self, features, index: int) -> np.ndarray:
-        matrix = as_feature_matrix(features, "text_features", index, "a query with no tokens")
-        if matrix.shape[1] != self.text_feature_dim:
-            raise ValueError(
-                f"sample {index}: text_features have width {matrix.shape[1]}, expected text_feature_dim = "
-                f"{self.text_feature_dim}"
-            )
+        matrix = as_feature_matrix(
+            features, "text_features", index, "a query with no tokens",
+            self.text_feature_dim, f"text_feature_dim = {self.text_feature_dim}",
+        )
         matrix = matrix[: self.max_text_tokens]
         return l2_normalize_rows(matrix, self.normalization_eps) if self.normalize_features else matrix
 
@@ -343,8 +338,9 @@ class LDDetrFeatureExtractor(FeatureExtractionMixin):
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def as_feature_matrix(features, name: str, index: int, empty_meaning: str) -> np.ndarray:
-    """A (rows, width) float32 numpy matrix from a numpy array, torch tensor or nested list, checked."""
+def as_feature_matrix(features, name: str, index: int, empty_meaning: str, width: int, expected: str) -> np.ndarray:
+    """A (rows, width) float32 numpy matrix from a numpy array, torch tensor or nested list, checked (`expected`
+    names the setting the width comes from, for the error)."""
     if isinstance(features, torch.Tensor):
         features = features.detach().to("cpu", torch.float32).numpy()
     try:
@@ -357,6 +353,8 @@ def as_feature_matrix(features, name: str, index: int, empty_meaning: str) -> np
         raise ValueError(f"sample {index}: {name} must be a (rows, width) matrix, got shape {matrix.shape}")
     if not np.isfinite(matrix).all():
         raise ValueError(f"sample {index}: {name} contain NaN or inf")
+    if matrix.shape[1] != width:
+        raise ValueError(f"sample {index}: {name} have width {matrix.shape[1]}, expected {expected}")
     return matrix
 
 
