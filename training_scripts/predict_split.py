@@ -59,10 +59,8 @@ def main(argv=None) -> int:
 
     split = queries[args.split]
     loader = DataLoader(split, batch_size=args.batch_size, collate_fn=LDDetrDataCollator(processor, videos, seed=0))
-    records = []
-    for batch in tqdm(loader, desc=f"predicting {args.split}", unit="batch"):
-        batch_records, _ = predict_records(model, processor, [batch], args.device, top_k=args.top_k, nms_threshold=args.nms_threshold)
-        records.extend(batch_records)
+    batches = tqdm(loader, desc=f"predicting {args.split}", unit="batch")
+    records, _ = predict_records(model, processor, batches, args.device, top_k=args.top_k, nms_threshold=args.nms_threshold)
     write_submission(records, args.output)
     print(f"{len(records)} predictions written to {args.output}")
 
