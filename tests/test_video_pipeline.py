@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_config
 from transformers import pipeline
 
-from modeling_lddetr import LDDetrConfig, LDDetrModel, LDDetrOutput
+from modeling_lddetr import LDDetrModel, LDDetrOutput
 from modeling_lddetr.feature_extraction_lddetr import LDDetrFeatureExtractor
 from modeling_lddetr.processing_lddetr import LDDetrProcessor
 from processing import predict, video_features
@@ -47,13 +48,9 @@ def tiny_processor(max_video_clips=75, video_feature_dims=(PROJECTION_DIM,)) -> 
 
 def tiny_model(max_video_clips=75, video_feature_dim=PROJECTION_DIM + 2) -> LDDetrModel:
     torch.manual_seed(0)
-    config = LDDetrConfig(
+    config = tiny_config(
         video_feature_dim=video_feature_dim,
         text_feature_dim=TEXT_DIM,
-        hidden_size=32,
-        num_attention_heads=4,
-        ffn_dim=64,
-        queue_length=16,
         clip_length=2,
         num_queries=6,
         max_video_clips=max_video_clips,
