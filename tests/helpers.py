@@ -7,17 +7,12 @@ from modeling_lddetr import LDDetrConfig
 NO_DROPOUT = dict(unimodal_dropout=0.0, context_query_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, hidden_dropout=0.0)
 
 
+# the sizes of a model small enough for tests; tiny_config adds tiny feature dims
+TINY_SIZES = dict(hidden_size=32, num_attention_heads=4, ffn_dim=64, queue_length=16, num_convolutional_blocks=2)
+
+
 def tiny_config(**overrides) -> LDDetrConfig:
-    settings = dict(
-        video_feature_dim=20,
-        text_feature_dim=12,
-        hidden_size=32,
-        num_attention_heads=4,
-        ffn_dim=64,
-        num_queries=5,
-        queue_length=16,
-        num_convolutional_blocks=2,
-    )
+    settings = dict(TINY_SIZES, video_feature_dim=20, text_feature_dim=12, num_queries=5)
     settings.update(overrides)
     return LDDetrConfig(**settings)
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from datasets import load_dataset
-from helpers import tiny_config
+from helpers import TINY_SIZES
 from test_hub_datasets import build, output_dir, write_tree
 
 from hub_datasets import load_lddetr_dataset
@@ -31,8 +31,7 @@ def model_folder(qvh_dataset, tmp_path_factory):
     _, _, info = load_lddetr_dataset(qvh_dataset)
     processor = LDDetrProcessor.from_dataset_info(info)
     torch.manual_seed(0)
-    settings = {k: v for k, v in tiny_config().to_dict().items() if k in ("hidden_size", "num_attention_heads", "ffn_dim", "queue_length")}
-    model = LDDetrModel(model_config_for(processor, **settings))
+    model = LDDetrModel(model_config_for(processor, **TINY_SIZES))
     folder = tmp_path_factory.mktemp("model")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

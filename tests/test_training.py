@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_SIZES
 from transformers import TrainingArguments, set_seed
 
 from hub_datasets import load_lddetr_dataset
@@ -20,7 +21,7 @@ from training_scripts.train import model_config_for
 from training_scripts.trainer import LDDetrTrainer, epoch_cosine_schedule
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = dict(hidden_size=32, num_attention_heads=4, ffn_dim=64, queue_length=64, num_convolutional_blocks=2)
+TINY_MODEL = dict(TINY_SIZES, queue_length=64)
 
 
 @pytest.fixture(scope="module")
