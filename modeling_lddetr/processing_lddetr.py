@@ -103,13 +103,13 @@ class LDDetrProcessor(ProcessorMixin):
         durations = _durations(durations, len(spans))
         if nms_threshold is not None and not 0 <= nms_threshold <= 1:
             raise ValueError(f"nms_threshold must be in [0, 1] or None, got {nms_threshold}")
-        # float32 on the model's device, as the official code computes them
-        scores = logits.detach().float().softmax(-1)[..., 0]  # (B, Q)
-        windows = span_cxw_to_xx(spans.detach().float())  # (B, Q, 2) normalised (start, end)
+        # float32 on the model's device, as the official code computes them; then one copy to the host for the batch
+        scores = logits.detach().float().softmax(-1)[..., 0].cpu()  # (B, Q)
+        windows = span_cxw_to_xx(spans.detach().float()).cpu()  # (B, Q, 2) normalised (start, end)
         results = []
         for b, duration in enumerate(durations):
             seconds = torch.clamp(windows[b] * duration, 0, duration)
-            rows = torch.cat([seconds, scores[b, :, None]], dim=1).cpu()
+            rows = torch.cat([seconds, scores[b, :, None]], dim=1)
             rows = rows[torch.sort(rows[:, 2], descending=True, stable=True).indices].tolist()
             rows = np.array([[float(f"{value:.4f}") for value in row] for row in rows], dtype=np.float64).reshape(-1, 3)
             if round_to_clip:
