@@ -210,3 +210,16 @@ def test_torchrun_on_cpu_trains_one_ddp_job(demo, tmp_path):
     totals = re.findall(r"Total train batch size .* = (\d+)", result.stdout + result.stderr)
     assert totals == ["8"], totals
     assert LDDetrModel.from_pretrained(tmp_path / "run").config.hidden_size == 128
+
+
+def test_evaluating_before_training_does_not_change_the_training(demo, tmp_path):
+    def trained_state(*extra):
+        out = tmp_path / f"run{len(extra)}"
+        train_main(["--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(out), "--max_steps", "3",
+                    "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+                    "--load_best_model_at_end", "false", "--disable_tqdm", "true", *extra])
+        return LDDetrModel.from_pretrained(out).state_dict()
+
+    plain, evaluated_first = trained_state(), trained_state("--evaluate_before_training", "true")
+    for key, value in plain.items():
+        torch.testing.assert_close(evaluated_first[key], value, atol=0, rtol=0, msg=key)

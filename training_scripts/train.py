@@ -130,7 +130,10 @@ def train(argv: list[str] | None = None) -> dict:
         clip_length=float(info["clip_length"]),
     )
     if script_args.evaluate_before_training:
-        initial = trainer.evaluate(metric_key_prefix="initial")
+        # evaluating draws from the global torch generator (a DataLoader's base seed): fork it, so that the flag
+        # reports the initial model without changing the training that follows
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            initial = trainer.evaluate(metric_key_prefix="initial")
         print_metrics(trainer, f"{eval_split} metrics before training", initial, "initial")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
