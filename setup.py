@@ -10,13 +10,13 @@ setup(
     python_requires=">=3.10",
     # the two data folders are listed as packages so that setuptools ships their files without warnings
     packages=find_packages(include=["modeling_lddetr*", "processing*", "hub_datasets*", "training_scripts*"])
-    + ["processing.mr_hd_metric", "training_scripts.accelerate_configs"],
+    + ["processing.evaluation.mr_hd_metric", "training_scripts.accelerate_configs"],
     include_package_data=True,
     package_data={
         "hub_datasets": ["*/README.md", "*/*.json", "*/*.jsonl", "*/LICENSE", "*/data/*"],
         "training_scripts": ["README.md"],
         "training_scripts.accelerate_configs": ["*.yaml"],
-        "processing.mr_hd_metric": ["*.py"],
+        "processing.evaluation.mr_hd_metric": ["*.py"],
     },
     install_requires=[
         "torch>=2.6",
@@ -44,7 +44,7 @@ setup(
             "lddetr-train=training_scripts.train:main",
             "lddetr-eval=training_scripts.evaluate:main",
             "lddetr-predict-split=training_scripts.predict_split:main",
-            "lddetr-predict=processing.predict:main",
+            "lddetr-predict=processing.inference.predict:main",
         ]
     },
 )

@@ -11,7 +11,7 @@ from test_hub_datasets import build, output_dir, write_tree
 
 from hub_datasets import load_lddetr_dataset
 from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor, write_submission
-from processing.metrics import compute_metrics
+from processing.evaluation.metrics import compute_metrics
 from training_scripts.evaluate import load_jsonl
 from training_scripts.predict_split import main as predict_split_main
 from training_scripts.train import model_config_for

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_curve
 
-from processing.metrics import (
+from processing.evaluation.metrics import (
     compute_metrics,
     eval_highlight_detection,
     eval_moment_retrieval,
@@ -21,7 +21,7 @@ from processing.metrics import (
 )
 from training_scripts import evaluate as lddetr_eval
 
-METRIC_DIR = Path(__file__).resolve().parents[1] / "processing" / "mr_hd_metric"
+METRIC_DIR = Path(__file__).resolve().parents[1] / "processing" / "evaluation" / "mr_hd_metric"
 
 
 def read_jsonl(path):

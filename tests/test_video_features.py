@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from processing import video_features
-from processing.clip_features import ClipImageEncoder, ClipImagePreprocessing, ClipTextEncoder
-from processing.feature_cache import CACHE_ENV_VAR, FeatureCache, default_cache_dir
-from processing.video_decoding import VideoClipReader, count_clips
-from processing.video_features import CallableClipEncoder, VideoFeatureExtractor
+from processing.video import extractor as video_features
+from processing.video.clip_encoders import ClipImageEncoder, ClipImagePreprocessing, ClipTextEncoder
+from processing.video.feature_cache import CACHE_ENV_VAR, FeatureCache, default_cache_dir
+from processing.video.decoding import VideoClipReader, count_clips
+from processing.video.extractor import CallableClipEncoder, VideoFeatureExtractor
 
 BLUE, RED = (20, 40, 220), (220, 30, 30)
 PROJECTION_DIM = 16

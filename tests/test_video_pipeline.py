@@ -14,10 +14,11 @@ from transformers import pipeline
 from modeling_lddetr import LDDetrModel, LDDetrOutput
 from modeling_lddetr.feature_extraction_lddetr import LDDetrFeatureExtractor
 from modeling_lddetr.processing_lddetr import LDDetrProcessor
-from processing import predict, video_features
-from processing.pipeline import CLIP_FEATURE_MODELS_FILE, TASK, ClipFeatureModels, VideoMomentRetrievalPipeline
-from processing.plotting import plot_results
-from processing.sliding_windows import ClipWindow, average_saliency, merge_moments, plan_windows
+from processing.inference import predict
+from processing.video import extractor as video_features
+from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE, TASK, ClipFeatureModels, VideoMomentRetrievalPipeline
+from processing.inference.plotting import plot_results
+from processing.inference.sliding_windows import ClipWindow, average_saliency, merge_moments, plan_windows
 from tests.test_video_features import BLUE, PROJECTION_DIM, RED, constant_rate, tiny_clip_dir, write_video  # noqa: F401
 
 TEXT_DIM = 32  # the tiny CLIP's text hidden size

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from processing.metrics import DATASET_TYPES, compute_metrics
+from processing.evaluation.metrics import DATASET_TYPES, compute_metrics
 
 
 def load_jsonl(path: str | Path) -> list[dict]:

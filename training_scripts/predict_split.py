@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from hub_datasets import load_lddetr_dataset
 from hub_datasets.demo import demo_dataset_path
 from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor, write_submission
-from processing.metrics import compute_metrics
+from processing.evaluation.metrics import compute_metrics
 
 from .evaluate import format_table
 from .prediction import ground_truth_records, predict_records

@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from processing.metrics import evaluate_submission
+from processing.evaluation.metrics import evaluate_submission
 
 from .prediction import ground_truth_records, predict_records
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .clip_features import ClipImageEncoder
+from .clip_encoders import ClipImageEncoder
 from .feature_cache import FeatureCache
-from .video_decoding import SAMPLING_VERSION, VideoClip, VideoClipReader
+from .decoding import SAMPLING_VERSION, VideoClip, VideoClipReader
 
 # Dims of the official feature types, to explain a mismatch with a checkpoint's video_feature_dims.
 KNOWN_FEATURE_DIMS = {2304: "SlowFast", 512: "CLIP ViT-B/32"}
@@ -191,7 +191,7 @@ class VideoFeatureExtractor:
         if 2304 in expected and 2304 not in self.feature_dims:
             message += (
                 " This checkpoint was trained with SlowFast features, and no SlowFast encoder is available: pass one "
-                "(processing.video_features.CallableClipEncoder) or use a checkpoint trained on CLIP features only."
+                "(processing.video.extractor.CallableClipEncoder) or use a checkpoint trained on CLIP features only."
             )
         raise ValueError(message)
 

@@ -1,6 +1,6 @@
-"""`evaluate` wrapper around `processing.metrics.compute_metrics` (moment retrieval and highlight detection).
+"""`evaluate` wrapper around `processing.evaluation.metrics.compute_metrics` (moment retrieval and highlight detection).
 
-Load it offline from its folder: `evaluate.load("<path>/processing/mr_hd_metric")`; the `processing` package must be
+Load it offline from its folder: `evaluate.load("<path>/processing/evaluation/mr_hd_metric")`; the `processing` package must be
 importable (installed, or on PYTHONPATH).
 
     metric.compute(predictions=submission_records, references=ground_truth_records,
@@ -16,7 +16,7 @@ import json
 import datasets
 import evaluate
 
-from processing.metrics import DATASET_TYPES, compute_metrics
+from processing.evaluation.metrics import DATASET_TYPES, compute_metrics
 
 _DESCRIPTION = """The official QVHighlights, Charades-STA, TACoS and TVSum metrics of LD-DETR (moment retrieval R1, mAP,
 mIoU by window-length bucket; highlight detection mAP and HIT@1), reproduced exactly and vectorised."""

@@ -1,6 +1,6 @@
 """The `video-moment-retrieval` pipeline: a video file and text queries -> moments in seconds and clip saliency.
 
-    import processing.pipeline  # registers the task with transformers
+    import processing.inference.pipeline  # registers the task with transformers
     from transformers import pipeline
 
     pipe = pipeline("video-moment-retrieval", model="a-folder-or-hub-id")
@@ -14,9 +14,9 @@ CLIP models named, in this order of precedence, by the pipeline's arguments (`cl
 `clip_backend`, `frames_per_clip`), by `clip_feature_models.json` beside the model (written by `save_pretrained`),
 or by the defaults (`openai/clip-vit-base-patch32` for images and text, one frame per clip). Checkpoints trained on
 SlowFast + CLIP features (the official ones) need a SlowFast encoder (`slowfast=`, a
-`processing.video_features.CallableClipEncoder`); without one the pipeline refuses them with a clear error.
+`processing.video.extractor.CallableClipEncoder`); without one the pipeline refuses them with a clear error.
 
-Long videos are handled with sliding windows (`processing.sliding_windows`): a video of more clips than the model was
+Long videos are handled with sliding windows (`processing.inference.sliding_windows`): a video of more clips than the model was
 trained on (the smaller of the processor's and the config's `max_video_clips`, 75 for QVHighlights) is cut into
 windows of exactly that many clips overlapping by `window_overlap` (a fraction of a window, default one half); the
 moments of all windows are mapped back to seconds of the whole video and merged by temporal NMS (at
@@ -40,9 +40,9 @@ from transformers.utils import cached_file
 # importing modeling_lddetr registers the LD-DETR classes with AutoProcessor, which pipeline() loads through
 from modeling_lddetr import LDDetrFeatureExtractor, LDDetrModel, LDDetrProcessor
 
-from .clip_features import DEFAULT_CLIP_MODEL, IMAGE_BACKENDS, ClipTextEncoder
+from ..video.clip_encoders import DEFAULT_CLIP_MODEL, IMAGE_BACKENDS, ClipTextEncoder
 from .sliding_windows import average_saliency, merge_moments, plan_windows
-from .video_features import ClipEncoder, VideoFeatureExtractor
+from ..video.extractor import ClipEncoder, VideoFeatureExtractor
 
 TASK = "video-moment-retrieval"
 CLIP_FEATURE_MODELS_FILE = "clip_feature_models.json"

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
-from .clip_features import resolve_device
+from ..video.clip_encoders import resolve_device
 from .pipeline import TASK
 from .plotting import plot_results
 
