@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from processing.video import extractor as video_features
+from processing.video import featurizer as video_features
 from processing.video.clip_encoders import ClipImageEncoder, ClipImagePreprocessing, ClipTextEncoder
 from processing.video.feature_cache import CACHE_ENV_VAR, FeatureCache, default_cache_dir
 from processing.video.decoding import VideoClipReader, count_clips
-from processing.video.extractor import CallableClipEncoder, VideoFeatureExtractor
+from processing.video.featurizer import CallableClipEncoder, VideoFeaturizer
 
 BLUE, RED = (20, 40, 220), (220, 30, 30)
 PROJECTION_DIM = 16
@@ -194,7 +194,7 @@ def test_preprocessing_matches_the_clip_image_processor():
 
 
 def test_clip_features_per_clip_separate_the_changed_interval(colour_video, tiny_clip_dir, tmp_path):
-    extractor = VideoFeatureExtractor.from_clip(tiny_clip_dir, clip_length=2.0, device="cpu", cache_dir=tmp_path)
+    extractor = VideoFeaturizer.from_clip(tiny_clip_dir, clip_length=2.0, device="cpu", cache_dir=tmp_path)
 
     features = extractor(colour_video)
 
@@ -216,7 +216,7 @@ def test_timm_backend_gives_per_clip_features(colour_video, tmp_path):
     model = timm.create_model("vit_base_patch32_clip_224", pretrained=False, **architecture)
     save_for_hf(model, tmp_path / "timm", model_args=architecture)
     encoder = ClipImageEncoder(str(tmp_path / "timm"), backend="timm", device="cpu")
-    extractor = VideoFeatureExtractor([encoder], clip_length=2.0)
+    extractor = VideoFeaturizer([encoder], clip_length=2.0)
 
     clip = extractor(colour_video).features["clip"]
 
@@ -274,7 +274,7 @@ def fake_slowfast(dim=8, frames_per_clip=4):
 
 
 def test_features_come_in_encoder_order_and_concatenate(colour_video, image_encoder):
-    extractor = VideoFeatureExtractor([fake_slowfast(), image_encoder], clip_length=2.0)
+    extractor = VideoFeaturizer([fake_slowfast(), image_encoder], clip_length=2.0)
 
     features = extractor(colour_video)
 
@@ -285,7 +285,7 @@ def test_features_come_in_encoder_order_and_concatenate(colour_video, image_enco
 
 
 def test_feature_dims_mismatch_explains_missing_slowfast(image_encoder):
-    extractor = VideoFeatureExtractor([image_encoder])
+    extractor = VideoFeaturizer([image_encoder])
     extractor.check_feature_dims([PROJECTION_DIM])
     with pytest.raises(ValueError, match="SlowFast"):
         extractor.check_feature_dims([2304, PROJECTION_DIM])
@@ -296,7 +296,7 @@ def test_feature_dims_mismatch_explains_missing_slowfast(image_encoder):
 def test_callable_encoder_output_shape_is_checked(colour_video):
     broken = CallableClipEncoder("slowfast", 8, 1, lambda clips: np.zeros((len(clips), 7)), identity="broken")
     with pytest.raises(ValueError, match=r"expected \(\d+, 8\)"):
-        VideoFeatureExtractor([broken])(colour_video)
+        VideoFeaturizer([broken])(colour_video)
     with pytest.raises(ValueError, match="identity"):
         CallableClipEncoder("slowfast", 8, 1, lambda clips: clips, identity="")
 
@@ -306,24 +306,24 @@ def test_callable_encoder_output_shape_is_checked(colour_video):
 
 def test_cache_hit_returns_identical_features_without_decoding(colour_video, image_encoder, tmp_path, monkeypatch):
     cache = FeatureCache(tmp_path / "cache")
-    first = VideoFeatureExtractor([image_encoder], 2.0, cache)(colour_video)
+    first = VideoFeaturizer([image_encoder], 2.0, cache)(colour_video)
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the video was decoded despite a cache hit")
 
     monkeypatch.setattr(video_features, "VideoClipReader", no_decoding)
-    again = VideoFeatureExtractor([image_encoder], 2.0, FeatureCache(tmp_path / "cache"))(colour_video)
+    again = VideoFeaturizer([image_encoder], 2.0, FeatureCache(tmp_path / "cache"))(colour_video)
     np.testing.assert_array_equal(again.features["clip"], first.features["clip"])
     assert again.duration == first.duration and again.clip_length == 2.0
 
     # another clip length, or other file content, is another entry
     with pytest.raises(AssertionError, match="decoded"):
-        VideoFeatureExtractor([image_encoder], 1.0, cache)(colour_video)
+        VideoFeaturizer([image_encoder], 1.0, cache)(colour_video)
     copy = tmp_path / "copy.mp4"
     copy.write_bytes(colour_video.read_bytes() + b"\0")
     with pytest.raises(AssertionError, match="decoded"):
-        VideoFeatureExtractor([image_encoder], 2.0, cache)(copy)
+        VideoFeaturizer([image_encoder], 2.0, cache)(copy)
 
 
 def test_cache_treats_a_corrupt_entry_as_a_miss_and_honours_the_environment(tmp_path, monkeypatch, colour_video):

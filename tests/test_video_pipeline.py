@@ -15,7 +15,7 @@ from modeling_lddetr import LDDetrModel, LDDetrOutput
 from modeling_lddetr.feature_extraction_lddetr import LDDetrFeatureExtractor
 from modeling_lddetr.processing_lddetr import LDDetrProcessor
 from processing.inference import predict
-from processing.video import extractor as video_features
+from processing.video import featurizer as video_features
 from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE, TASK, ClipFeatureModels, VideoMomentRetrievalPipeline
 from processing.inference.plotting import plot_results
 from processing.inference.sliding_windows import ClipWindow, average_saliency, merge_moments, plan_windows

@@ -14,7 +14,7 @@ CLIP models named, in this order of precedence, by the pipeline's arguments (`cl
 `clip_backend`, `frames_per_clip`), by `clip_feature_models.json` beside the model (written by `save_pretrained`),
 or by the defaults (`openai/clip-vit-base-patch32` for images and text, one frame per clip). Checkpoints trained on
 SlowFast + CLIP features (the official ones) need a SlowFast encoder (`slowfast=`, a
-`processing.video.extractor.CallableClipEncoder`); without one the pipeline refuses them with a clear error.
+`processing.video.featurizer.CallableClipEncoder`); without one the pipeline refuses them with a clear error.
 
 Long videos are handled with sliding windows (`processing.inference.sliding_windows`): a video of more clips than the model was
 trained on (the smaller of the processor's and the config's `max_video_clips`, 75 for QVHighlights) is cut into
@@ -42,7 +42,7 @@ from modeling_lddetr import LDDetrFeatureExtractor, LDDetrModel, LDDetrProcessor
 
 from ..video.clip_encoders import DEFAULT_CLIP_MODEL, IMAGE_BACKENDS, ClipTextEncoder
 from .sliding_windows import average_saliency, merge_moments, plan_windows
-from ..video.extractor import ClipEncoder, VideoFeatureExtractor
+from ..video.featurizer import ClipEncoder, VideoFeaturizer
 
 TASK = "video-moment-retrieval"
 CLIP_FEATURE_MODELS_FILE = "clip_feature_models.json"
@@ -116,7 +116,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
         clip_backend: str | None = None,
         frames_per_clip: int | None = None,
         slowfast: ClipEncoder | None = None,
-        video_feature_extractor: VideoFeatureExtractor | None = None,
+        video_feature_extractor: VideoFeaturizer | None = None,
         text_encoder: ClipTextEncoder | None = None,
         cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
@@ -151,7 +151,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
         named = video_feature_extractor is None and text_encoder is None
         self.clip_feature_models = models if named else None
         if video_feature_extractor is None:
-            video_feature_extractor = VideoFeatureExtractor.from_clip(
+            video_feature_extractor = VideoFeaturizer.from_clip(
                 models.image_model,
                 backend=models.image_backend,
                 clip_length=settings.clip_length,

@@ -5,7 +5,7 @@ The official LD-DETR checkpoints take, per clip, SlowFast (2304-d) then CLIP ViT
 such a checkpoint on raw videos, wrap one as a `CallableClipEncoder` (for example pytorchvideo's `slowfast_r50`
 with its classification head removed, fed 2-s clips, which gives 2048 + 256 = 2304 dims) and put it first.
 Without one, only checkpoints trained on CLIP features alone (`video_feature_dims=[512]`) can run on raw videos;
-`VideoFeatureExtractor.check_feature_dims` says which case applies. Features are returned raw (not normalised),
+`VideoFeaturizer.check_feature_dims` says which case applies. Features are returned raw (not normalised),
 as the datasets store them; the processor normalises them.
 """
 
@@ -116,7 +116,7 @@ class VideoFeatures:
         )
 
 
-class VideoFeatureExtractor:
+class VideoFeaturizer:
     """Decode a video once into clips and run every encoder on them; cache the result.
 
     Args:
@@ -156,7 +156,7 @@ class VideoFeatureExtractor:
         cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
         slowfast: ClipEncoder | None = None,
-    ) -> VideoFeatureExtractor:
+    ) -> VideoFeaturizer:
         """CLIP image features, preceded by `slowfast` when given (the official [2304, 512] order)."""
         clip = ClipImageEncoder(
             model_name_or_path,
@@ -191,7 +191,7 @@ class VideoFeatureExtractor:
         if 2304 in expected and 2304 not in self.feature_dims:
             message += (
                 " This checkpoint was trained with SlowFast features, and no SlowFast encoder is available: pass one "
-                "(processing.video.extractor.CallableClipEncoder) or use a checkpoint trained on CLIP features only."
+                "(processing.video.featurizer.CallableClipEncoder) or use a checkpoint trained on CLIP features only."
             )
         raise ValueError(message)
 
