@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .configuration_lddetr import LDDetrConfig
 from .matcher import HungarianMatcher
-from .span_ops import paired_generalized_temporal_iou, span_cxw_to_xx
+from .span_ops import generalized_temporal_iou, span_cxw_to_xx
 
 RANK_LEVELS = 11  # saliency levels 1..11 of the summed 0..12 annotator scores
 RANK_DIVISOR = 12  # the official code divides the 11 level losses by 12; kept for parity
@@ -40,7 +40,7 @@ class LDDetrLoss:
             matched = spans[batch_idx, query_idx].float()
             targets = target_spans[target_idx].float()
             loss_span = F.l1_loss(matched, targets, reduction="none").mean()
-            loss_giou = (1 - paired_generalized_temporal_iou(span_cxw_to_xx(matched), span_cxw_to_xx(targets))).mean()
+            loss_giou = (1 - generalized_temporal_iou(span_cxw_to_xx(matched), span_cxw_to_xx(targets))).mean()
         # class 0 = foreground for matched queries, class 1 = background otherwise; two independent sigmoids
         foreground = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
         foreground[batch_idx, query_idx] = True

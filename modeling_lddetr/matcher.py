@@ -36,7 +36,7 @@ class HungarianMatcher:
         pred = spans.float().reshape(num_layers, batch * queries, 2)
         target = target_spans.float()
         cost_span = (pred[:, :, None, :] - target[None, None]).abs().sum(-1)  # (layers, B*Q, T)
-        cost_giou = -generalized_temporal_iou(span_cxw_to_xx(pred.reshape(-1, 2)), span_cxw_to_xx(target))
+        cost_giou = -generalized_temporal_iou(span_cxw_to_xx(pred.reshape(-1, 1, 2)), span_cxw_to_xx(target)[None])  # (layers*B*Q, T)
         cost = self.span_cost * cost_span + self.giou_cost * cost_giou.view_as(cost_span) - self.class_cost * prob
         cost = cost.view(num_layers, batch, queries, -1).cpu().numpy()
 

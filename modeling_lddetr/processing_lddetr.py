@@ -7,10 +7,10 @@ grid (a multiple of `clip_length`, round half to even as numpy does); optionally
 Differences, all deliberate:
 - after rounding to the clip grid a window is clamped to [0, duration] again (the official code clamps to
   [0, 150] only, so a duration that is not a multiple of the clip length could be overshot);
-- NMS uses the true IoU. The official `compute_temporal_iou` divides by max(end) - min(start), commented as "not
-  the correct union"; for two windows that overlap it *is* the union and otherwise the intersection is 0, so the
-  values agree, but it divides by zero for two equal zero-length windows (which clip-grid rounding produces). Here
-  two zero-length windows have IoU 1 when they coincide and 0 otherwise;
+- NMS (`span_ops.temporal_nms`) uses the true IoU. The official `compute_temporal_iou` divides by max(end) -
+  min(start), commented as "not the correct union"; for two windows that overlap it *is* the union and otherwise
+  the intersection is 0, so the values agree, but it divides by zero for two equal zero-length windows (which
+  clip-grid rounding produces). Here two zero-length windows have IoU 1 when they coincide and 0 otherwise;
 - saliency scores are returned in float32 for the valid clips (the official code casts them to float16).
 """
 
@@ -25,7 +25,7 @@ import torch
 from transformers.processing_utils import ProcessorMixin
 
 from .feature_extraction_lddetr import LDDetrFeatureExtractor
-from .span_ops import span_cxw_to_xx
+from .span_ops import span_cxw_to_xx, temporal_nms
 
 # dataset_type of a dataset's lddetr_dataset.json -> the feature extractor's saliency_label_type
 SALIENCY_LABEL_TYPE_OF_DATASET = {"qvhighlights": "qvhighlights", "charades-sta": "binary", "tacos": "binary", "tvsum": "tvsum"}
@@ -155,24 +155,6 @@ class LDDetrProcessor(ProcessorMixin):
             record["pred_saliency_scores"] = saliency[b]
             records.append(record)
         return records
-
-
-def temporal_nms(ranked: list[list[float]], threshold: float) -> list[list[float]]:
-    """Greedy NMS over `[start, end, score]` rows sorted by score: a row is dropped when its true IoU with a kept,
-    better row exceeds `threshold`."""
-    kept = []
-    for row in ranked:
-        if all(_interval_iou(row, better) <= threshold for better in kept):
-            kept.append(row)
-    return kept
-
-
-def _interval_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    intersection = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = (a[1] - a[0]) + (b[1] - b[0]) - intersection
-    if union <= 0:  # two zero-length windows
-        return float(a[0] == b[0])
-    return intersection / union
 
 
 def write_submission(records: Sequence[dict], path: str | Path) -> Path:

@@ -15,7 +15,8 @@ QVHighlights (`eval_qvhighlights`) reproduces LD-DETR's `standalone_eval/eval.py
 - MR-R1 at IoU 0.3:0.05:0.95 and MR-mIoU: the first predicted window (the submission is sorted by score) against
   the ground-truth window it overlaps most. The official paired IoU divides by max(end) - min(start), which equals
   the true union whenever the windows overlap and multiplies a zero intersection otherwise: it *is* the true IoU.
-  It is computed with that formula here so that values on a threshold compare bit for bit as in the official code;
+  It is computed with that formula here (`span_ops.evaluator_paired_temporal_iou`) so that values on a threshold
+  compare bit for bit as in the official code;
 - HL-min-{Fair,Good,VeryGood}: the ground truth is an (int(duration / clip_length), annotators) matrix filled at
   `relevant_clip_ids`, binarised at >= 2 / 3 / 4. HL-Hit1: the argmax clip of the predicted saliency is a hit when
   any annotator marks it positive. HL-mAP: per (query, annotator) the average precision of the saliency (truncated
@@ -48,6 +49,9 @@ import numbers
 from collections.abc import Hashable, Sequence
 
 import numpy as np
+import torch
+
+from modeling_lddetr.span_ops import evaluator_paired_temporal_iou, evaluator_temporal_iou
 
 DATASET_TYPES = ("qvhighlights", "charades-sta", "tacos", "tvsum")
 
@@ -182,20 +186,8 @@ def _stack_padded(arrays: list[np.ndarray], fill: float) -> tuple[np.ndarray, np
 
 
 def _cross_iou(windows: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of (..., N, 2) against (..., M, 2) windows -> (..., N, M); a zero union gives 0."""
-    start = np.maximum(windows[..., :, None, 0], others[..., None, :, 0])
-    end = np.minimum(windows[..., :, None, 1], others[..., None, :, 1])
-    intersection = np.clip(end - start, 0, None)
-    lengths, other_lengths = windows[..., 1] - windows[..., 0], others[..., 1] - others[..., 0]
-    union = (lengths[..., :, None] + other_lengths[..., None, :]) - intersection
-    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
-
-
-def _paired_iou(windows: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of (N, 2) windows with (N, 2) windows row by row, over the enclosing span (see the module doc)."""
-    intersection = np.maximum(0, np.minimum(windows[:, 1], others[:, 1]) - np.maximum(windows[:, 0], others[:, 0]))
-    enclosing = np.maximum(windows[:, 1], others[:, 1]) - np.minimum(windows[:, 0], others[:, 0])
-    return np.divide(intersection, enclosing, out=np.zeros_like(intersection), where=enclosing != 0)
+    """IoU of (..., N, 2) against (..., M, 2) windows -> (..., N, M), the official cross IoU."""
+    return evaluator_temporal_iou(torch.from_numpy(windows)[..., :, None, :], torch.from_numpy(others)[..., None, :, :]).numpy()
 
 
 def _interpolated_average_precision(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
@@ -245,7 +237,7 @@ def _recall_at_one(top_windows, truth, truth_valid, thresholds) -> tuple[dict[st
     """R1 at each IoU threshold and mIoU of the top windows (Q, 2) against their best ground-truth window."""
     overlap = np.where(truth_valid, _cross_iou(top_windows[:, None, :], truth)[:, 0, :], -np.inf)
     best_truth = truth[np.arange(len(truth)), np.argmax(overlap, axis=1)]
-    iou = _paired_iou(top_windows, best_truth)
+    iou = evaluator_paired_temporal_iou(torch.from_numpy(top_windows), torch.from_numpy(best_truth)).numpy()
     return {str(t): _percent(np.mean(iou >= t)) for t in thresholds}, _percent(np.mean(iou))
 
 
