@@ -1,10 +1,13 @@
 """Where each source dataset keeps its annotation and feature files (the layout of the official LD-DETR code).
 
 A spec says which jsonl file holds which split, which feature folders make up a video's features and in what
-order, where a query's text features are, and the dataset's official clip length and clip limit.
+order, and where a query's text features are. There is one spec per registered dataset type
+(`modeling_lddetr.dataset_types`), which gives the official clip length and clip limit.
 """
 
 from dataclasses import dataclass, replace
+
+from modeling_lddetr.dataset_types import DATASET_TYPES
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,17 @@ class DatasetSpec:
     video_sources: tuple[FeatureSource, ...]
     text_source: TextSource
     qid_type: type
-    clip_length: float
-    max_video_clips: int | None  # the official max_v_l; None: the official code keeps every clip
     max_text_tokens: int = 32
     audio_source: FeatureSource | None = None
     has_domain: bool = False  # TVSum rows carry a video category ("domain"); training runs per domain
+
+    @property
+    def clip_length(self) -> float:
+        return DATASET_TYPES[self.dataset_type].clip_length
+
+    @property
+    def max_video_clips(self) -> int | None:
+        return DATASET_TYPES[self.dataset_type].max_video_clips
 
     def with_video_features(self, names: list[str] | None = None) -> "DatasetSpec":
         """The same layout keeping only the named video feature types, in the official order (e.g. ["clip"] for a
@@ -82,8 +91,6 @@ SPECS = {
         video_sources=(SLOWFAST, CLIP),
         text_source=TextSource("clip_text_features", "qid{qid}.npz", "last_hidden_state", 512),
         qid_type=int,
-        clip_length=2.0,
-        max_video_clips=75,
         audio_source=PANN,
     ),
     "charades-sta": DatasetSpec(
@@ -94,8 +101,6 @@ SPECS = {
         video_sources=(SLOWFAST, CLIP),
         text_source=TextSource("clip_text_features", "qid{qid}.npz", "last_hidden_state", 512),
         qid_type=int,
-        clip_length=1.0,
-        max_video_clips=None,
     ),
     "tacos": DatasetSpec(
         dataset_type="tacos",
@@ -104,8 +109,6 @@ SPECS = {
         video_sources=(SLOWFAST, CLIP),
         text_source=TextSource("clip_text_features", "{qid}.npz", "last_hidden_state", 512),
         qid_type=str,
-        clip_length=2.0,
-        max_video_clips=None,
     ),
     "tvsum": DatasetSpec(
         dataset_type="tvsum",
@@ -114,8 +117,6 @@ SPECS = {
         video_sources=(FeatureSource("i3d", "video_features", 2048, parts=("_rgb", "_opt")),),
         text_source=TextSource("query_features", "{qid}.npz", "token", 512),
         qid_type=str,
-        clip_length=2.0,
-        max_video_clips=1000,
         has_domain=True,
     ),
 }

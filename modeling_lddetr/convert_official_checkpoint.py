@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from .configuration_lddetr import LDDetrConfig
+from .dataset_types import DATASET_TYPES, DatasetType
 from .feature_extraction_lddetr import LDDetrFeatureExtractor
 from .modeling_lddetr import LDDetrModel
 from .processing_lddetr import LDDetrProcessor
 
 # widths of the official feature releases, by the name of their folder (`v_feat_dirs`)
 _OFFICIAL_VIDEO_FEATURE_DIMS = {"slowfast": 2304, "clip": 512}
-_SALIENCY_LABEL_TYPE_OF_DSET = {"hl": "qvhighlights", "charadesSTA": "binary", "tacos": "binary", "tvsum": "tvsum"}
 
 # official layer prefix -> ours, for the three torch.nn.MultiheadAttention encoders of the fuser
 _ENCODER_PREFIXES = {
@@ -144,7 +144,7 @@ def config_from_official_checkpoint(checkpoint: dict) -> LDDetrConfig:
         distillation_coefficient=float(_option(opt, "distillation_coefficient", 0.4)),
         official_highlight_slicing=True,
         aux_loss=bool(_option(opt, "aux_loss", True)),
-        moment_retrieval_loss=_option(opt, "dset_name", "hl") != "tvsum",
+        moment_retrieval_loss=_official_dataset_type(opt).has_moment_labels,
         span_loss_coefficient=float(_option(opt, "span_loss_coef", 10)),
         giou_loss_coefficient=float(_option(opt, "giou_loss_coef", 1)),
         label_loss_coefficient=float(_option(opt, "label_loss_coef", 4)),
@@ -156,6 +156,12 @@ def config_from_official_checkpoint(checkpoint: dict) -> LDDetrConfig:
         matcher_giou_cost=float(_option(opt, "set_cost_giou", 1)),
         saliency_margin=float(_option(opt, "saliency_margin", 0.2)),
     )
+
+
+def _official_dataset_type(opt) -> DatasetType:
+    # a checkpoint without a known dset_name is read as QVHighlights, the dataset of the official release
+    name = _option(opt, "dset_name", "hl")
+    return next((t for t in DATASET_TYPES.values() if t.official_name == name), DATASET_TYPES["qvhighlights"])
 
 
 def processor_from_official_checkpoint(checkpoint: dict, config: LDDetrConfig) -> LDDetrProcessor:
@@ -180,7 +186,7 @@ def processor_from_official_checkpoint(checkpoint: dict, config: LDDetrConfig) -
         clip_length=config.clip_length,
         use_tef=use_tef,
         max_windows=int(_option(opt, "max_windows", 5)),
-        saliency_label_type=_SALIENCY_LABEL_TYPE_OF_DSET.get(_option(opt, "dset_name", "hl"), "qvhighlights"),
+        saliency_label_type=_official_dataset_type(opt).saliency_label_type,
     )
     return LDDetrProcessor(feature_extractor)
 

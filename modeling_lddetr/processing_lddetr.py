@@ -24,11 +24,9 @@ import numpy as np
 import torch
 from transformers.processing_utils import ProcessorMixin
 
+from .dataset_types import dataset_type
 from .feature_extraction_lddetr import LDDetrFeatureExtractor
 from .span_ops import span_cxw_to_xx, temporal_nms
-
-# dataset_type of a dataset's lddetr_dataset.json -> the feature extractor's saliency_label_type
-SALIENCY_LABEL_TYPE_OF_DATASET = {"qvhighlights": "qvhighlights", "charades-sta": "binary", "tacos": "binary", "tvsum": "tvsum"}
 
 
 class _NoSpecialTokens:
@@ -51,9 +49,7 @@ class LDDetrProcessor(ProcessorMixin):
     def from_dataset_info(cls, info: Mapping, **overrides) -> "LDDetrProcessor":
         """The processor for a dataset built by `lddetr-build-dataset`, from its `lddetr_dataset.json` contents;
         `overrides` set other feature extractor arguments (e.g. `num_saliency_pairs`)."""
-        dataset_type = info.get("dataset_type")
-        if dataset_type not in SALIENCY_LABEL_TYPE_OF_DATASET:
-            raise ValueError(f"unknown dataset_type {dataset_type!r}; expected one of {sorted(SALIENCY_LABEL_TYPE_OF_DATASET)}")
+        labels = dataset_type(info.get("dataset_type")).saliency_label_type
         missing = [k for k in ("video_feature_dims", "text_feature_dim", "clip_length") if k not in info]
         if missing:
             raise ValueError(f"dataset info lacks {missing}")
@@ -64,7 +60,7 @@ class LDDetrProcessor(ProcessorMixin):
             clip_length=float(info["clip_length"]),
             max_video_clips=_optional_int(info.get("max_video_clips")),
             max_text_tokens=_optional_int(info.get("max_text_tokens")),
-            saliency_label_type=SALIENCY_LABEL_TYPE_OF_DATASET[dataset_type],
+            saliency_label_type=labels,
         )
         settings.update(overrides)
         return cls(LDDetrFeatureExtractor(**settings))

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from processing.evaluation.metrics import DATASET_TYPES, compute_metrics
+from modeling_lddetr.dataset_types import DATASET_TYPES
+from processing.evaluation.metrics import compute_metrics
 
 
 def load_jsonl(path: str | Path) -> list[dict]:
@@ -40,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ground-truth", required=True, help="annotation jsonl of the split")
     parser.add_argument("--output", help="where to write the full metrics as JSON")
     parser.add_argument(
-        "--dataset", choices=DATASET_TYPES, default="qvhighlights", help="which metrics (default: %(default)s)"
+        "--dataset", choices=sorted(DATASET_TYPES), default="qvhighlights", help="which metrics (default: %(default)s)"
     )
     parser.add_argument(
         "--clip-length",

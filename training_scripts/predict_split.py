@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from hub_datasets import load_lddetr_dataset
 from hub_datasets.demo import demo_dataset_path
 from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor, write_submission
+from modeling_lddetr.dataset_types import dataset_type as registered_dataset_type
 from processing.evaluation.metrics import compute_metrics
 
 from .evaluate import format_table
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def has_ground_truth(records: list[dict], dataset_type: str) -> bool:
-    key = "label" if dataset_type == "tvsum" else "relevant_windows"
+    key = registered_dataset_type(dataset_type).ground_truth_key
     return bool(records) and all(record.get(key) is not None for record in records)
 
 

@@ -4,6 +4,8 @@ Common: AdamW lr 1e-4, weight decay 1e-4, batch 32, cosine schedule stepped once
 gradient clipping 0.1, evaluation and checkpoint every epoch, best checkpoint by the official MR-full-mAP.
 """
 
+from modeling_lddetr.dataset_types import DATASET_TYPES
+
 COMMON_TRAINING = dict(
     learning_rate=1e-4,
     weight_decay=1e-4,
@@ -62,5 +64,5 @@ PRESETS = {
 
 
 def preset_for_dataset(dataset_type: str) -> str:
-    """Default preset for a dataset's `dataset_type` (from its lddetr_dataset.json)."""
-    return {"qvhighlights": "qvhighlights", "charades-sta": "charades-sta", "tacos": "tacos", "tvsum": "tvsum"}.get(dataset_type, "qvhighlights")
+    """Default preset for a dataset's `dataset_type` (from its lddetr_dataset.json): the registry's."""
+    return DATASET_TYPES[dataset_type].preset if dataset_type in DATASET_TYPES else "qvhighlights"

@@ -51,10 +51,8 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import torch
 
+from modeling_lddetr.dataset_types import dataset_type as registered_dataset_type
 from modeling_lddetr.span_ops import evaluator_paired_temporal_iou, evaluator_temporal_iou
-
-DATASET_TYPES = ("qvhighlights", "charades-sta", "tacos", "tvsum")
-
 
 def _rounded_thresholds(start: float, stop: float, num: int) -> tuple[float, ...]:
     # the official code rounds linspace values to 2 decimals and keys results by str(threshold): "0.5", "0.55", ...
@@ -492,14 +490,14 @@ def eval_tvsum(submission, ground_truth, match_number: bool = True, top_k: int =
 def compute_metrics(
     submission, ground_truth, dataset_type: str = "qvhighlights", clip_length: float = 2.0, match_number: bool = True
 ) -> dict:
-    """The full report of a dataset type (one of DATASET_TYPES); its `brief` entry is a flat {name: float}."""
-    if dataset_type == "qvhighlights":
+    """The full report of a registered dataset type (`modeling_lddetr.dataset_types`); its `brief` entry is a flat
+    {name: float}."""
+    metric = registered_dataset_type(dataset_type).metric
+    if metric == "qvhighlights":
         return eval_qvhighlights(submission, ground_truth, match_number, clip_length)
-    if dataset_type in ("charades-sta", "tacos"):
+    if metric == "temporal_grounding":
         return eval_temporal_grounding(submission, ground_truth, match_number)
-    if dataset_type == "tvsum":
-        return eval_tvsum(submission, ground_truth, match_number)
-    raise ValueError(f"unknown dataset_type {dataset_type!r}; expected one of {DATASET_TYPES}")
+    return eval_tvsum(submission, ground_truth, match_number)
 
 
 def evaluate_submission(

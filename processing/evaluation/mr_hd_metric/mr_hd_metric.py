@@ -16,7 +16,8 @@ import json
 import datasets
 import evaluate
 
-from processing.evaluation.metrics import DATASET_TYPES, compute_metrics
+from modeling_lddetr.dataset_types import DATASET_TYPES
+from processing.evaluation.metrics import compute_metrics
 
 _DESCRIPTION = """The official QVHighlights, Charades-STA, TACoS and TVSum metrics of LD-DETR (moment retrieval R1, mAP,
 mIoU by window-length bucket; highlight detection mAP and HIT@1), reproduced exactly and vectorised."""
@@ -34,7 +35,7 @@ Args:
         "pred_saliency_scores": [float per clip]}}.
     references: ground-truth records of the dataset (qid, relevant_windows, duration, relevant_clip_ids,
         saliency_scores; TVSum: label).
-    dataset_type: one of {DATASET_TYPES} (default "qvhighlights").
+    dataset_type: one of {sorted(DATASET_TYPES)} (default "qvhighlights").
     clip_length: seconds per clip of the highlight ground truth (default 2.0).
     match_number: True requires the same qids on both sides, False evaluates the shared ones (default True).
 Returns:
