@@ -2,15 +2,16 @@
 with synthetic features, built on first use into a cache folder.
 
 `demo_dataset_path()` writes the synthetic features in the official layout to a temporary folder and runs the
-real builder on them, into `$LDDETR_CACHE/qvhighlights-demo-v1` (default `~/.cache/lddetr/...`). A complete
+real builder on them, into `$LDDETR_CACHE/qvhighlights-demo-v1` (default `~/.cache/lddetr/...`, see `processing/cache_dir.py`). A complete
 folder is reused; the builder publishes atomically, so a folder that exists is complete. Several processes
 (DDP ranks) may call it at once: one publishes, the others find the finished folder.
 """
 
-import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+
+from processing.cache_dir import default_cache_dir
 
 from .build import OutputExistsError, build_dataset
 from .hub import INFO_FILE
@@ -27,10 +28,6 @@ TEXT_FEATURE_DIM = 128  # = the "clip" dim: text and clip features share one spa
 def demo_spec() -> DatasetSpec:
     spec = SPECS["qvhighlights"].with_dims(VIDEO_FEATURE_DIMS, TEXT_FEATURE_DIM)
     return replace(spec, card_folder="qvhighlights-demo")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LDDETR_CACHE") or Path.home() / ".cache" / "lddetr")
 
 
 def demo_dataset_path(cache_dir: str | Path | None = None) -> Path:

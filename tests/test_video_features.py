@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from processing.cache_dir import CACHE_ENV_VAR, default_cache_dir
 from processing.video import featurizer as video_features
 from processing.video.clip_encoders import ClipImageEncoder, ClipImagePreprocessing, ClipTextEncoder
-from processing.video.feature_cache import CACHE_ENV_VAR, FeatureCache, default_cache_dir
+from processing.video.feature_cache import FeatureCache
 from processing.video.decoding import VideoClipReader, count_clips
 from processing.video.featurizer import CallableClipEncoder, VideoFeaturizer
 

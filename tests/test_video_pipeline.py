@@ -125,7 +125,7 @@ def test_pipeline_from_a_model_folder_matches_the_processor_and_model_run_by_han
     assert len(result["moments"]) == 4
 
     # the same features through the processor (L2 normalisation, tef) and the model, by hand
-    features = pipe.video_feature_extractor(video)
+    features = pipe.video_featurizer(video)
     text = pipe.text_encoder("a red ball")
     batch = pipe.processor(video_features=[features.concatenated()], text_features=text, return_tensors="pt")
     with torch.no_grad():
@@ -214,7 +214,7 @@ def redness_model(red: torch.Tensor, blue: torch.Tensor):
 
 def test_windowed_predictions_map_back_to_seconds_of_the_whole_video(model_dir, video, monkeypatch):
     pipe = pipeline(TASK, model=model_dir, device="cpu", use_cache=False)
-    encoder = pipe.video_feature_extractor.encoders[0]
+    encoder = pipe.video_featurizer.encoders[0]
     solid_frames = np.stack([np.full((64, 64, 3), colour, np.uint8) for colour in (RED, BLUE)])
     red, blue = F.normalize(encoder.encode_frames(solid_frames), dim=-1)
     monkeypatch.setattr(pipe.model, "forward", redness_model(red, blue))
@@ -224,7 +224,7 @@ def test_windowed_predictions_map_back_to_seconds_of_the_whole_video(model_dir, 
     windowed = VideoMomentRetrievalPipeline(
         model=pipe.model,
         processor=tiny_processor(max_video_clips=5),
-        video_feature_extractor=pipe.video_feature_extractor,
+        video_featurizer=pipe.video_featurizer,
         text_encoder=pipe.text_encoder,
         window_overlap=0.4,
         device="cpu",

@@ -14,6 +14,8 @@ from pathlib import Path
 from modeling_lddetr.dataset_types import DATASET_TYPES
 from processing.evaluation.metrics import compute_metrics
 
+from .metrics_table import format_table
+
 
 def load_jsonl(path: str | Path) -> list[dict]:
     records = []
@@ -26,13 +28,6 @@ def load_jsonl(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
     return records
-
-
-def format_table(metrics: dict[str, float]) -> str:
-    width = max(len("metric"), *(len(name) for name in metrics))
-    lines = [f"{'metric':<{width}}  {'value':>7}", f"{'-' * width}  {'-' * 7}"]
-    lines += [f"{name:<{width}}  {value:>7.2f}" for name, value in metrics.items()]
-    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -23,7 +23,7 @@ from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor, wr
 from modeling_lddetr.dataset_types import dataset_type as registered_dataset_type
 from processing.evaluation.metrics import compute_metrics
 
-from .evaluate import format_table
+from .metrics_table import format_table
 from .prediction import ground_truth_records, predict_records
 
 

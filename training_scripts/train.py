@@ -1,4 +1,4 @@
-"""Train LD-DETR (`lddetr-train`, or `python training_scripts/train.py`).
+"""Train LD-DETR (`lddetr-train`, `python -m training_scripts.train`, or `python training_scripts/train.py`).
 
     lddetr-train                                   # the embedded demo data, a few minutes on 2 CPU cores
     lddetr-train --dataset DIR --preset qvhighlights --output_dir runs/qvh --seed 1
@@ -8,25 +8,23 @@
 `--dataset` is a folder written by `lddetr-build-dataset` or a Hub dataset id. Any `TrainingArguments` field can be
 overridden (`--num_train_epochs 5`, `--bf16 true`, `--resume_from_checkpoint DIR`, ...); the preset only sets their
 defaults. The final model (without the Distill Align queues) and processor are saved to `--output_dir`.
+Run as a file (torchrun, accelerate launch), it imports the installed package (`pip install -e .`); from the
+repository root, launchers' `-m training_scripts.train` needs no install.
 """
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-import torch  # noqa: E402
-from transformers import HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
-
-from hub_datasets import load_lddetr_dataset  # noqa: E402
-from hub_datasets.demo import demo_dataset_path  # noqa: E402
-from modeling_lddetr import LDDetrConfig, LDDetrModel, LDDetrProcessor  # noqa: E402
-from modeling_lddetr.collator_lddetr import LDDetrDataCollator  # noqa: E402
-from training_scripts.evaluate import format_table  # noqa: E402
-from training_scripts.presets import COMMON_TRAINING, PRESETS, preset_for_dataset  # noqa: E402
-from training_scripts.trainer import LDDetrTrainer  # noqa: E402
+from hub_datasets import load_lddetr_dataset
+from hub_datasets.demo import demo_dataset_path
+from modeling_lddetr import LDDetrConfig, LDDetrModel, LDDetrProcessor
+from modeling_lddetr.collator_lddetr import LDDetrDataCollator
+from training_scripts.metrics_table import format_table
+from training_scripts.presets import COMMON_TRAINING, PRESETS, preset_for_dataset
+from training_scripts.trainer import LDDetrTrainer
 
 
 @dataclass

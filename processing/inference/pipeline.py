@@ -9,17 +9,17 @@
     #  "saliency": [one score per clip], "clip_length": 2.0, "duration": 20.0}
 
 The model folder (or Hub repository) holds the LD-DETR model and its processor (`processor_config.json`: feature
-dims, clip length, maximum clips, the preprocessing of training). The pipeline extracts the features itself, with the
+dims, clip length, maximum clips, the preprocessing of training). The pipeline computes the features itself, with the
 CLIP models named, in this order of precedence, by the pipeline's arguments (`clip_model`, `clip_text_model`,
 `clip_backend`, `frames_per_clip`), by `clip_feature_models.json` beside the model (written by `save_pretrained`),
 or by the defaults (`openai/clip-vit-base-patch32` for images and text, one frame per clip). Checkpoints trained on
 SlowFast + CLIP features (the official ones) need a SlowFast encoder (`slowfast=`, a
 `processing.video.featurizer.CallableClipEncoder`); without one the pipeline refuses them with a clear error.
 
-Long videos are handled with sliding windows (`processing.inference.sliding_windows`): a video of more clips than the model was
-trained on (the smaller of the processor's and the config's `max_video_clips`, 75 for QVHighlights) is cut into
-windows of exactly that many clips overlapping by `window_overlap` (a fraction of a window, default one half); the
-moments of all windows are mapped back to seconds of the whole video and merged by temporal NMS (at
+Long videos are handled with sliding windows (`processing.inference.sliding_windows`): a video of more clips than
+the model was trained on (the smaller of the processor's and the config's `max_video_clips`, 75 for QVHighlights)
+is cut into windows of exactly that many clips overlapping by `window_overlap` (a fraction of a window, default one
+half); the moments of all windows are mapped back to seconds of the whole video and merged by temporal NMS (at
 `nms_threshold`, or 0.7 when none is given, since overlapping windows find the same moment twice), and the saliency of
 a clip is averaged over the windows that contain it. A video that fits is one window, exactly as in training.
 """
@@ -95,9 +95,10 @@ class VideoMomentRetrievalPipeline(Pipeline):
         clip_backend: "transformers" or "timm" for the image model.
         frames_per_clip: frames sampled per clip and averaged.
         slowfast: a SlowFast clip encoder, put before CLIP, for checkpoints trained on SlowFast + CLIP features.
-        video_feature_extractor / text_encoder: ready-made extractors, instead of the CLIP arguments above.
-        cache_dir / use_cache: the on-disk cache of video features (default $LDDETR_CACHE or
-            ~/.cache/lddetr/features), so that a video is decoded once across calls.
+        video_featurizer / text_encoder: a ready-made `VideoFeaturizer` and text encoder, instead of the CLIP arguments
+            above.
+        cache_dir / use_cache: the on-disk cache of video features, under `features/` of the lddetr cache folder
+            (default $LDDETR_CACHE, else ~/.cache/lddetr), so that a video is decoded once across calls.
         window_overlap: overlap of consecutive windows on long videos, as a fraction of a window, in [0, 1).
         windows_per_batch: (query, window) pairs per model forward.
     """
@@ -116,7 +117,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
         clip_backend: str | None = None,
         frames_per_clip: int | None = None,
         slowfast: ClipEncoder | None = None,
-        video_feature_extractor: VideoFeaturizer | None = None,
+        video_featurizer: VideoFeaturizer | None = None,
         text_encoder: ClipTextEncoder | None = None,
         cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
@@ -140,18 +141,18 @@ class VideoMomentRetrievalPipeline(Pipeline):
         settings = self.processor.feature_extractor
         self._check_processor_fits_model(settings)
 
-        if video_feature_extractor is None or text_encoder is None:
+        if video_featurizer is None or text_encoder is None:
             models = ClipFeatureModels.beside_model(self.model.name_or_path) or ClipFeatureModels()
             chosen = dict(image_model=clip_model, text_model=clip_text_model or clip_model)
             chosen.update(image_backend=clip_backend, frames_per_clip=frames_per_clip)
             models = dataclasses.replace(models, **{name: value for name, value in chosen.items() if value is not None})
             if models.image_backend not in IMAGE_BACKENDS:
                 raise ValueError(f"clip_backend must be one of {IMAGE_BACKENDS}, got {models.image_backend!r}")
-        # what save_pretrained can write down: nothing when a ready-made extractor was passed
-        named = video_feature_extractor is None and text_encoder is None
+        # what save_pretrained can write down: nothing when a ready-made featurizer or encoder was passed
+        named = video_featurizer is None and text_encoder is None
         self.clip_feature_models = models if named else None
-        if video_feature_extractor is None:
-            video_feature_extractor = VideoFeaturizer.from_clip(
+        if video_featurizer is None:
+            video_featurizer = VideoFeaturizer.from_clip(
                 models.image_model,
                 backend=models.image_backend,
                 clip_length=settings.clip_length,
@@ -163,9 +164,9 @@ class VideoMomentRetrievalPipeline(Pipeline):
             )
         if text_encoder is None:
             text_encoder = ClipTextEncoder(models.text_model, device=self.device)
-        self.video_feature_extractor = video_feature_extractor
+        self.video_featurizer = video_featurizer
         self.text_encoder = text_encoder
-        self._check_extractors_fit_processor(settings)
+        self._check_encoders_fit_processor(settings)
 
     # ------------------------------------------------------------------------------------------- compatibility
 
@@ -188,12 +189,12 @@ class VideoMomentRetrievalPipeline(Pipeline):
                 f"{config.text_feature_dim}: the processor saved beside the model does not belong to it"
             )
 
-    def _check_extractors_fit_processor(self, settings: LDDetrFeatureExtractor) -> None:
+    def _check_encoders_fit_processor(self, settings: LDDetrFeatureExtractor) -> None:
         # explains a missing SlowFast encoder, or a CLIP model of another width than the checkpoint's features
-        self.video_feature_extractor.check_feature_dims(settings.video_feature_dims)
-        if self.video_feature_extractor.clip_length != settings.clip_length:
+        self.video_featurizer.check_feature_dims(settings.video_feature_dims)
+        if self.video_featurizer.clip_length != settings.clip_length:
             raise ValueError(
-                f"the video feature extractor cuts {self.video_feature_extractor.clip_length:g}-s clips but the model "
+                f"the video featurizer cuts {self.video_featurizer.clip_length:g}-s clips but the model "
                 f"was trained on {settings.clip_length:g}-s clips"
             )
         if self.text_encoder.feature_dim != settings.text_feature_dim:
@@ -251,7 +252,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
     def preprocess(self, inputs: dict, progress: bool = False) -> dict:
         # queries first: a bad query fails before a long video is decoded
         text_features = self.text_encoder(inputs["queries"])
-        video = self.video_feature_extractor(inputs["video"], progress=progress)
+        video = self.video_featurizer(inputs["video"], progress=progress)
         window_clips = self.max_window_clips or video.num_clips
         overlap_clips = min(int(window_clips * self.window_overlap), window_clips - 1)
         windows = plan_windows(video.num_clips, video.duration, video.clip_length, window_clips, overlap_clips)
@@ -324,7 +325,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save the model, its processor and the CLIP model names, so that `pipeline(TASK, model=folder)` rebuilds
-        this pipeline (ready-made extractors passed as arguments cannot be named, and must be passed again)."""
+        this pipeline (a ready-made featurizer or text encoder passed as an argument cannot be named, and must be passed again)."""
         os.makedirs(save_directory, exist_ok=True)
         self.model.save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)

@@ -37,7 +37,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--top-k", type=int, default=10, help="moments per query (default 10)")
     parser.add_argument("--nms-threshold", type=float, help="IoU above which a worse overlapping moment is dropped")
-    parser.add_argument("--cache-dir", help="video feature cache (default $LDDETR_CACHE or ~/.cache/lddetr/features)")
+    parser.add_argument("--cache-dir", help="lddetr cache folder; video features go under its features/ (default $LDDETR_CACHE or ~/.cache/lddetr)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache video features")
     return parser.parse_args(argv)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modeling_lddetr.processing_lddetr import temporal_nms
+from modeling_lddetr.span_ops import temporal_nms
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """On-disk cache of extracted video features.
 
-Key: sha256 of the video file's *content* (streamed in 1 MiB blocks) together with the extractor's identity (model
+Key: sha256 of the video file's *content* (streamed in 1 MiB blocks) together with the featurizer's identity (model
 weights fingerprint, backend, dtype, preprocessing, clip length, frames per clip, sampling rule). Hashing the whole
 file costs about a second per GB, far less than decoding it, and unlike size + mtime it survives copies and renames
 and never serves stale features for a file rewritten in place. Within one cache object the digest of a path is
 remembered while its size and mtime are unchanged, so repeated calls on the same file hash it once.
 
-Entries are `.npz` files under `cache_dir/<key[:2]>/<key>.npz`, written to a temporary file in the same folder and
+Entries are `.npz` files under `cache_dir/features/<key[:2]>/<key>.npz`, written to a temporary file in the same folder and
 then renamed, so a reader never sees half an entry and concurrent writers of one key are harmless. An unreadable
 entry counts as a miss and is overwritten.
 
-`cache_dir` defaults to $LDDETR_CACHE, else ~/.cache/lddetr/features.
+`cache_dir` is the lddetr cache folder, by default $LDDETR_CACHE, else ~/.cache/lddetr (`processing/cache_dir.py`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_ENV_VAR = "LDDETR_CACHE"
+from processing.cache_dir import default_cache_dir
+
 _BLOCK_SIZE = 1 << 20
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "lddetr" / "features")
+FEATURES_FOLDER = "features"  # beside the demo dataset in the same cache folder
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -55,14 +53,14 @@ class FeatureCache:
         return self._digests[signature]
 
     def key(self, video_path: str | os.PathLike, identity: Mapping) -> str:
-        """Cache key of a video file under an extractor identity (a JSON-serialisable mapping)."""
+        """Cache key of a video file under a featurizer identity (a JSON-serialisable mapping)."""
         if not os.path.isfile(video_path):
             raise FileNotFoundError(f"video file not found: {video_path}")
-        payload = json.dumps({"video_sha256": self._content_digest(video_path), "extractor": identity}, sort_keys=True)
+        payload = json.dumps({"video_sha256": self._content_digest(video_path), "featurizer": identity}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def path(self, key: str) -> Path:
-        return self.cache_dir / key[:2] / f"{key}.npz"
+        return self.cache_dir / FEATURES_FOLDER / key[:2] / f"{key}.npz"
 
     def load(self, key: str) -> dict[str, np.ndarray] | None:
         """The arrays stored under key, or None on a miss (no entry, or an unreadable one)."""

@@ -31,7 +31,7 @@ KNOWN_FEATURE_DIMS = {2304: "SlowFast", 512: "CLIP ViT-B/32"}
 class ClipEncoder(Protocol):
     """Turns the sampled frames of video clips into one feature vector per clip."""
 
-    name: str  # unique within an extractor
+    name: str  # unique within a featurizer
     feature_dim: int
     frames_per_clip: int
     batch_size: int  # frames per forward pass
@@ -87,7 +87,7 @@ class CallableClipEncoder:
 
 @dataclass
 class VideoFeatures:
-    features: dict[str, np.ndarray]  # feature type -> (L, D) float32, in the extractor's order
+    features: dict[str, np.ndarray]  # feature type -> (L, D) float32, in the featurizer's order
     duration: float  # seconds, as decoded
     clip_length: float
 
@@ -185,7 +185,7 @@ class VideoFeaturizer:
             return
         described = ", ".join(f"{dim} ({KNOWN_FEATURE_DIMS.get(dim, 'unknown type')})" for dim in expected)
         message = (
-            f"the model expects video features of dims {expected} [{described}], but the extractor gives "
+            f"the model expects video features of dims {expected} [{described}], but the featurizer gives "
             f"{self.feature_dims} ({', '.join(self.feature_names)})."
         )
         if 2304 in expected and 2304 not in self.feature_dims:
