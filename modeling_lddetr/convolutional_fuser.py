@@ -2,7 +2,7 @@
 
 Everything is batch first: video (B, L, d), text (B, N, d), masks (B, L) / (B, N) bool with True = valid.
 Padded clips are kept out of attention keys, convolutions and BatchNorm statistics, so a video's fused features
-do not depend on the rest of its batch (the official code lets padding leak in; reference §0.2, §7.1).
+do not depend on the rest of its batch (the official code lets padding leak in: docs/official_code_differences.md).
 """
 
 import torch

@@ -6,7 +6,7 @@ cross-attention with sine anchor embeddings, width-modulated attention, iterativ
 queries; the anchors restart from the learned anchors every pass. Only the last pass's per-layer outputs are returned;
 gradients flow through every pass.
 
-The official release returns inside its loop, so it always makes exactly one pass (reference §0.1);
+The official release returns inside its loop, so it always makes exactly one pass;
 `num_decoder_loops=1` reproduces it.
 """
 

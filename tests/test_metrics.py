@@ -1,5 +1,6 @@
-"""The official metrics: the reference report reproduced key for key, hand-worked cases, cross-checks against plain
-loops (and sklearn's precision-recall curve), malformed input, the `evaluate` module and the lddetr-eval command."""
+"""The official metrics: the official evaluator's report on recorded predictions reproduced key for key, hand-worked
+cases, cross-checks against plain loops (and sklearn's precision-recall curve), malformed input, the `evaluate`
+module and the lddetr-eval command."""
 
 import json
 import time

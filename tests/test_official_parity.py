@@ -1,4 +1,4 @@
-"""Parity with the official LD-DETR code: golden vectors of ../shared/fixtures/official_ldetr_qvh."""
+"""Parity with the official LD-DETR code: golden vectors recorded by running it (the `official_fixture_dir` fixture)."""
 
 import json
 
@@ -172,7 +172,7 @@ _OUR_PLAIN = [
 
 def _to_official_layout(state_dict):
     """Our state dict in the official checkpoint's key layout (written independently of the converter, from the
-    official module structure of reference §1.12): the inverse the converter must undo."""
+    official code's module structure): the inverse the converter must undo."""
     official, qkv = {}, {}
     for key, value in state_dict.items():
         encoder = next((p for p in _OUR_ENCODERS if key.startswith(p)), None)

@@ -1,7 +1,7 @@
 """CLIP image features per video clip and CLIP text features per query, as the official LD-DETR features.
 
-Official QVHighlights / Charades-STA features (ld_detr_reference §3.2): per clip the OpenAI CLIP ViT-B/32 image
-embedding (512-d, after the visual projection), per query the CLIP text encoder's last_hidden_state (N, 512), i.e.
+The official QVHighlights / Charades-STA features are, per clip, the OpenAI CLIP ViT-B/32 image embedding (512-d,
+after the visual projection), and per query the CLIP text encoder's last_hidden_state (N, 512), i.e.
 every token incl. start and end token, after the final layer norm, without the text projection.
 
 Image preprocessing runs in torch on batches of frames, on the model's device, and follows CLIP's: resize the
