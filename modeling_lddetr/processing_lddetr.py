@@ -65,26 +65,10 @@ class LDDetrProcessor(ProcessorMixin):
         settings.update(overrides)
         return cls(LDDetrFeatureExtractor(**settings))
 
-    def __call__(
-        self,
-        video_features: Sequence,
-        text_features: Sequence,
-        annotations: Sequence[Mapping] | None = None,
-        audio_features: Sequence | None = None,
-        return_tensors: str | None = "pt",
-        seed: int | None = None,
-        generator: np.random.Generator | torch.Generator | None = None,
-    ):
-        """Model inputs (and `labels` when annotations carry them): see `LDDetrFeatureExtractor.__call__`."""
-        return self.feature_extractor(
-            video_features,
-            text_features,
-            annotations=annotations,
-            audio_features=audio_features,
-            return_tensors=return_tensors,
-            seed=seed,
-            generator=generator,
-        )
+    def __call__(self, *args, **kwargs):
+        """Model inputs (and `labels` when annotations carry them): the arguments and the batch of
+        `LDDetrFeatureExtractor.__call__`."""
+        return self.feature_extractor(*args, **kwargs)
 
     def post_process_moment_retrieval(
         self, outputs, durations, top_k: int | None = 10, nms_threshold: float | None = None, round_to_clip: bool = True
