@@ -47,7 +47,7 @@ _PLAIN_RENAMES = [
     ("convolutional_fuser.v2t_extractor.cqa_linear.", "convolutional_fuser.v2t_extractor.context_query_proj."),
     ("convolutional_fuser.v2t_extractor.conv1d.", "convolutional_fuser.v2t_extractor.pool_proj."),
     ("convolutional_fuser.convolutional_block.blocks.", "convolutional_fuser.convolutional_blocks."),
-    ("query_embed.", "anchor_embed."),
+    ("query_embed.", "loop_decoder.anchor_embed."),
     ("loop_decoder.transformer_decoder.", "loop_decoder.decoder."),
     ("prediction_heads.video_moment_retrieval_prediction_head.", "moment_retrieval_head."),
     ("prediction_heads.highlight_detection_prediction_head.", "highlight_detection_head."),

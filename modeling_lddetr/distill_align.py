@@ -1,7 +1,8 @@
 """Distill Align (paper §3.2): cross-modal alignment with momentum distillation and feature queues.
 
 Global video and text features (masked means of the unimodal features, L2-normalised) are contrasted against
-each other and against queues of past momentum features. The targets mix the momentum model's similarity
+each other and against queues of past momentum features. The momentum features come from `MomentumEncoder`s:
+exponential moving averages of the online unimodal encoders, updated before each training forward. The targets mix the momentum model's similarity
 distribution with the one-hot identity: Y = α·softmax(S_m) + (1 − α)·I. The official code also adds a
 SimSiam-like "sim" loss (not in the paper) with a shared predictor `h`; it is kept, with its own weight.
 """
@@ -12,6 +13,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_lddetr import LDDetrConfig
+from .unimodal_encoder import UnimodalEncoder
+
+
+class MomentumEncoder(UnimodalEncoder):
+    """A `UnimodalEncoder` that follows an online encoder as an exponential moving average; never optimised and
+    run without gradient. Same parameters as `UnimodalEncoder`, so checkpoints keep the official layout."""
+
+    def __init__(self, input_dim: int, hidden_size: int, dropout: float):
+        super().__init__(input_dim, hidden_size, dropout)
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def copy_from(self, online: UnimodalEncoder) -> None:
+        for momentum, source in zip(self.parameters(), online.parameters()):
+            momentum.copy_(source)
+
+    @torch.no_grad()
+    def follow(self, online: UnimodalEncoder, momentum: float) -> None:
+        """self <- momentum · self + (1 − momentum) · online, parameter by parameter."""
+        own = list(self.parameters())
+        torch._foreach_mul_(own, momentum)
+        torch._foreach_add_(own, list(online.parameters()), alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features)
+
+
+def _global_feature(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # (B, S, d), (B, S) bool -> (B, d): the L2-normalised mean over the valid positions
+    # (the official code averages over padding too)
+    weights = mask.to(x.dtype)[..., None]
+    return F.normalize((x * weights).sum(1) / weights.sum(1), dim=-1)
 
 
 class _QueueSnapshot:
@@ -94,13 +128,19 @@ class DistillAlign(nn.Module):
 
     def forward(
         self,
-        video_global: torch.Tensor,
-        text_global: torch.Tensor,
-        video_global_momentum: torch.Tensor,
-        text_global_momentum: torch.Tensor,
+        video: torch.Tensor,
+        text: torch.Tensor,
+        video_momentum: torch.Tensor,
+        text_momentum: torch.Tensor,
+        video_mask: torch.Tensor,
+        text_mask: torch.Tensor,
         training_progress: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All inputs (B, d), L2-normalised; returns (loss_align, loss_sim). Enqueues in training mode."""
+        """video, video_momentum (B, L, d) and text, text_momentum (B, N, d): the online and momentum unimodal
+        features; masks (B, L), (B, N) bool. Returns (loss_align, loss_sim). Enqueues in training mode."""
+        video_global, text_global = _global_feature(video, video_mask), _global_feature(text, text_mask)
+        video_global_momentum = _global_feature(video_momentum, video_mask)
+        text_global_momentum = _global_feature(text_momentum, text_mask)
         alpha = self.distillation_coefficient
         if self.training and training_progress is not None:
             alpha = alpha * min(1.0, max(0.0, training_progress))  # warm-up over the first epoch

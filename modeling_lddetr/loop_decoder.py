@@ -152,15 +152,20 @@ class AnchorDecoder(nn.Module):
 
 
 class LoopDecoder(nn.Module):
+    """The learned anchors and the zero initial queries, run through `num_decoder_loops` passes of the decoder."""
+
     def __init__(self, config: LDDetrConfig):
         super().__init__()
+        self.anchor_embed = nn.Embedding(config.num_queries, 2)  # learned (center, width) anchors, unsigmoided
         self.num_loops = config.num_decoder_loops
         self.decoder = AnchorDecoder(config)
 
-    def forward(
-        self, queries: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor, anchors_unsigmoid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Same shapes as `AnchorDecoder.forward`; the outputs are those of the last pass."""
+    def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d) -> hidden_states (layers, B, Q, d),
+        reference_anchors (layers, B, Q, 2), those of the last pass."""
+        batch = memory.shape[0]
+        queries = memory.new_zeros(batch, self.anchor_embed.num_embeddings, memory.shape[-1])  # (B, Q, d)
+        anchors_unsigmoid = self.anchor_embed.weight[None].expand(batch, -1, -1)  # (B, Q, 2)
         for _ in range(self.num_loops):
             hidden_states, reference_anchors = self.decoder(queries, memory, memory_mask, memory_pos, anchors_unsigmoid)
             queries = hidden_states[-1]

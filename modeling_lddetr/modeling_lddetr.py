@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput
 from .attention import MultiheadAttention
 from .configuration_lddetr import LDDetrConfig
 from .convolutional_fuser import ConvolutionalFuser, EncoderLayer, T2VEncoderLayer, V2TExtractor
-from .distill_align import DistillAlign
+from .distill_align import DistillAlign, MomentumEncoder
 from .loop_decoder import LoopDecoder
 from .loss_lddetr import LDDetrLoss
 from .position_encoding import VideoPositionEmbedding
@@ -59,12 +59,6 @@ class LDDetrOutput(ModelOutput):
     pred_spans: torch.FloatTensor | None = None
     saliency_scores: torch.FloatTensor | None = None
     auxiliary_outputs: list | None = None
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # (B, S, d), (B, S) bool -> (B, d); the official code averages over padding too
-    weights = mask.to(x.dtype)[..., None]
-    return (x * weights).sum(1) / weights.sum(1)
 
 
 class LDDetrPreTrainedModel(PreTrainedModel):
@@ -124,8 +118,9 @@ class LDDetrPreTrainedModel(PreTrainedModel):
                 init.zeros_(proj.bias)
             init.zeros_(attention.out_proj.bias)
         elif isinstance(module, LoopDecoder):
-            self._xavier_matrices(module)
-            for submodule in module.modules():
+            # the learned anchors keep their own (normal) initialisation
+            self._xavier_matrices(module.decoder)
+            for submodule in module.decoder.modules():
                 if isinstance(submodule, MultiheadAttention):
                     init.zeros_(submodule.out_proj.bias)
         elif isinstance(module, DistillAlign):
@@ -146,15 +141,12 @@ class LDDetrModel(LDDetrPreTrainedModel):
         self.video_encoder = UnimodalEncoder(video_input_dim, d, config.unimodal_dropout)
         self.text_encoder = UnimodalEncoder(config.text_feature_dim, d, config.unimodal_dropout)
         # momentum (EMA) copies: training state of Distill Align, never optimised
-        self.momentum_video_encoder = UnimodalEncoder(video_input_dim, d, config.unimodal_dropout)
-        self.momentum_text_encoder = UnimodalEncoder(config.text_feature_dim, d, config.unimodal_dropout)
-        for param in [*self.momentum_video_encoder.parameters(), *self.momentum_text_encoder.parameters()]:
-            param.requires_grad_(False)
+        self.momentum_video_encoder = MomentumEncoder(video_input_dim, d, config.unimodal_dropout)
+        self.momentum_text_encoder = MomentumEncoder(config.text_feature_dim, d, config.unimodal_dropout)
         self.distill_align = DistillAlign(config)
 
         self.video_position = VideoPositionEmbedding(d)
         self.convolutional_fuser = ConvolutionalFuser(config)
-        self.anchor_embed = nn.Embedding(config.num_queries, 2)  # learned (center, width) anchors, unsigmoided
         self.loop_decoder = LoopDecoder(config)
         self.moment_retrieval_head = MomentRetrievalHead(config)
         self.highlight_detection_head = HighlightDetectionHead(config)
@@ -163,25 +155,13 @@ class LDDetrModel(LDDetrPreTrainedModel):
         self._training_progress: float | None = None
         self.post_init()
         # the momentum encoders start as exact copies (from_pretrained then overwrites both with the saved ones)
-        with torch.no_grad():
-            for online, momentum in self._momentum_pairs():
-                momentum.copy_(online)
-
-    def _momentum_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        online = [*self.video_encoder.parameters(), *self.text_encoder.parameters()]
-        momentum = [*self.momentum_video_encoder.parameters(), *self.momentum_text_encoder.parameters()]
-        return list(zip(online, momentum))
+        self.momentum_video_encoder.copy_from(self.video_encoder)
+        self.momentum_text_encoder.copy_from(self.text_encoder)
 
     def set_training_progress(self, epoch: float | None) -> None:
         """Training progress in epochs (e.g. 0.25 a quarter into the first epoch). The distillation coefficient
         ramps up linearly over the first epoch, as in the official training loop; None means no warm-up."""
         self._training_progress = epoch
-
-    @torch.no_grad()
-    def _momentum_update(self) -> None:
-        online, momentum = zip(*self._momentum_pairs())
-        torch._foreach_mul_(momentum, self.config.momentum)
-        torch._foreach_add_(momentum, online, alpha=1.0 - self.config.momentum)
 
     def _check_inputs(self, video_features, video_mask, text_features, text_mask, audio_features) -> None:
         config = self.config
@@ -282,25 +262,22 @@ class LDDetrModel(LDDetrPreTrainedModel):
         loss_align = loss_sim = None
         if labels is not None or self.training:
             if self.training:
-                self._momentum_update()
-            with torch.no_grad():
-                video_momentum = self.momentum_video_encoder(video_features)
-                text_momentum = self.momentum_text_encoder(text_features)
+                self.momentum_video_encoder.follow(self.video_encoder, self.config.momentum)
+                self.momentum_text_encoder.follow(self.text_encoder, self.config.momentum)
             loss_align, loss_sim = self.distill_align(
-                F.normalize(_masked_mean(video, video_mask), dim=-1),
-                F.normalize(_masked_mean(text, text_mask), dim=-1),
-                F.normalize(_masked_mean(video_momentum, video_mask), dim=-1),
-                F.normalize(_masked_mean(text_momentum, text_mask), dim=-1),
+                video,
+                text,
+                self.momentum_video_encoder(video_features),
+                self.momentum_text_encoder(text_features),
+                video_mask,
+                text_mask,
                 self._training_progress,
             )
 
         video_pos = self.video_position(video_mask)  # (B, L, d)
         memory = self.convolutional_fuser(video, text, video_mask, text_mask, video_pos)  # (B, L, d)
 
-        batch = video.shape[0]
-        queries = memory.new_zeros(batch, self.config.num_queries, self.config.hidden_size)
-        anchors = self.anchor_embed.weight[None].expand(batch, -1, -1)  # (B, Q, 2)
-        hidden_states, reference_anchors = self.loop_decoder(queries, memory, video_mask, video_pos, anchors)
+        hidden_states, reference_anchors = self.loop_decoder(memory, video_mask, video_pos)
         logits, spans = self.moment_retrieval_head(hidden_states, reference_anchors)  # (layers, B, Q, 2) each
         saliency = self.highlight_detection_head(logits[-1], spans[-1], memory, video, video_mask)  # (B, L)
 

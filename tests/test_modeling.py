@@ -47,7 +47,8 @@ def test_loop_decoder_runs_the_configured_number_of_passes():
 
     # three manual passes: the normalised last-layer output becomes the next content query; anchors restart
     captured = {}
-    hook = three.loop_decoder.register_forward_hook(lambda module, args, out: captured.update(args=args))
+    # the inputs of the first pass (the loop decoder builds the zero queries and expands its anchors)
+    hook = three.loop_decoder.decoder.register_forward_hook(lambda module, args, out: captured.update(args=captured.get("args", args)))
     with torch.no_grad():
         three(**inputs)
     hook.remove()

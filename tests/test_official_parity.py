@@ -163,7 +163,7 @@ _OUR_PLAIN = [
     ("convolutional_fuser.v2t_extractor.context_query_proj.", "convolutional_fuser.v2t_extractor.cqa_linear."),
     ("convolutional_fuser.v2t_extractor.pool_proj.", "convolutional_fuser.v2t_extractor.conv1d."),
     ("convolutional_fuser.convolutional_blocks.", "convolutional_fuser.convolutional_block.blocks."),
-    ("anchor_embed.", "query_embed."),
+    ("loop_decoder.anchor_embed.", "query_embed."),
     ("loop_decoder.decoder.", "loop_decoder.transformer_decoder."),
     ("moment_retrieval_head.", "prediction_heads.video_moment_retrieval_prediction_head."),
     ("highlight_detection_head.", "prediction_heads.highlight_detection_prediction_head."),
