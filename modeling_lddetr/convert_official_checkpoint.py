@@ -19,7 +19,7 @@ import torch
 from .configuration_lddetr import LDDetrConfig
 from .dataset_types import DATASET_TYPES, DatasetType
 from .feature_extraction_lddetr import LDDetrFeatureExtractor
-from .modeling_lddetr import LDDetrModel
+from .modeling_lddetr import LDDetrModel, rename_old_key
 from .processing_lddetr import LDDetrProcessor
 
 # widths of the official feature releases, by the name of their folder (`v_feat_dirs`)
@@ -36,18 +36,16 @@ _ENCODER_LAYER_RENAMES = {
     "linear1.": "ffn.linear1.",
     "linear2.": "ffn.linear2.",
     "activation.": "ffn.activation.",
-    "norm1.": "norm1.",
-    "norm2.": "norm2.",
 }
+_ENCODER_LAYER_UNCHANGED = ("norm1.", "norm2.")
 _PLAIN_RENAMES = [
     ("distill_align.vid_queue", "distill_align.video_queue"),
     ("distill_align.txt_queue", "distill_align.text_queue"),
     ("convolutional_fuser.v2t_extractor.weight", "convolutional_fuser.v2t_extractor.pool_weight"),
-    ("convolutional_fuser.v2t_extractor.w4", "convolutional_fuser.v2t_extractor.w4"),
     ("convolutional_fuser.v2t_extractor.cqa_linear.", "convolutional_fuser.v2t_extractor.context_query_proj."),
     ("convolutional_fuser.v2t_extractor.conv1d.", "convolutional_fuser.v2t_extractor.pool_proj."),
     ("convolutional_fuser.convolutional_block.blocks.", "convolutional_fuser.convolutional_blocks."),
-    ("query_embed.", "loop_decoder.anchor_embed."),
+    ("query_embed.", "anchor_embed."),
     ("loop_decoder.transformer_decoder.", "loop_decoder.decoder."),
     ("prediction_heads.video_moment_retrieval_prediction_head.", "moment_retrieval_head."),
     ("prediction_heads.highlight_detection_prediction_head.", "highlight_detection_head."),
@@ -69,6 +67,8 @@ def _convert_encoder_key(key: str, value: torch.Tensor) -> dict[str, torch.Tenso
         for old, new in _ENCODER_LAYER_RENAMES.items():
             if rest.startswith(old):
                 return {prefix + new + rest[len(old) :]: value}
+        if rest.startswith(_ENCODER_LAYER_UNCHANGED):
+            return {prefix + rest: value}
         raise KeyError(f"unknown official encoder key: {key}")
     return None
 
@@ -88,14 +88,10 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
         if encoder_keys is not None:
             converted.update(encoder_keys)
             continue
-        new_key = key
-        for old, new in _PLAIN_RENAMES:
-            if key.startswith(old):
-                new_key = new + key[len(old) :]
-                break
-        else:
-            if not key.startswith(_UNCHANGED_PREFIXES):
-                raise KeyError(f"unknown official LD-DETR key: {key}")
+        new_key = next((new + key[len(old) :] for old, new in _PLAIN_RENAMES if key.startswith(old)), key)
+        new_key = rename_old_key(new_key)  # the official abbreviations (sa_qcontent_proj, w4C, ...) spelled out
+        if new_key == key and not key.startswith(_UNCHANGED_PREFIXES):
+            raise KeyError(f"unknown official LD-DETR key: {key}")
         if new_key.endswith(("context_query_proj.weight", "pool_proj.weight")):
             value = value.squeeze(-1)  # kernel-size-1 Conv1d -> Linear
         converted[new_key] = value

@@ -25,9 +25,9 @@ class V2TExtractor(nn.Module):
     def __init__(self, config: LDDetrConfig):
         super().__init__()
         d = config.hidden_size
-        self.w4C = nn.Parameter(torch.empty(d, 1))
-        self.w4Q = nn.Parameter(torch.empty(d, 1))
-        self.w4mlu = nn.Parameter(torch.empty(1, 1, d))
+        self.clip_score_weight = nn.Parameter(torch.empty(d, 1))
+        self.token_score_weight = nn.Parameter(torch.empty(d, 1))
+        self.clip_token_score_weight = nn.Parameter(torch.empty(1, 1, d))
         self.pool_weight = nn.Parameter(torch.empty(d, 1))
         self.context_query_proj = nn.Linear(4 * d, d)
         self.pool_proj = nn.Linear(2 * d, d)
@@ -35,7 +35,12 @@ class V2TExtractor(nn.Module):
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, video_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         context, query = self.dropout(video), self.dropout(text)  # dropout only inside the trilinear score
-        scores = (context @ self.w4C) + (query @ self.w4Q).transpose(1, 2) + (context * self.w4mlu) @ query.transpose(1, 2)  # (B, L, N)
+        # trilinear similarity of clip c and token q: c·w_clip + q·w_token + (c ∘ q)·w_clip_token
+        scores = (
+            (context @ self.clip_score_weight)
+            + (query @ self.token_score_weight).transpose(1, 2)
+            + (context * self.clip_token_score_weight) @ query.transpose(1, 2)
+        )  # (B, L, N)
         clip_to_token = _masked_softmax(scores, text_mask[:, None, :], dim=2)  # (B, L, N)
         token_to_clip = _masked_softmax(scores, video_mask[:, :, None], dim=1)  # (B, L, N)
         c2q = clip_to_token @ text  # (B, L, d)

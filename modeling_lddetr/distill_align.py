@@ -4,7 +4,7 @@ Global video and text features (masked means of the unimodal features, L2-normal
 each other and against queues of past momentum features. The momentum features come from `MomentumEncoder`s:
 exponential moving averages of the online unimodal encoders, updated before each training forward. The targets mix the momentum model's similarity
 distribution with the one-hot identity: Y = α·softmax(S_m) + (1 − α)·I. The official code also adds a
-SimSiam-like "sim" loss (not in the paper) with a shared predictor `h`; it is kept, with its own weight.
+SimSiam-like "sim" loss (not in the paper) with a shared `predictor`; it is kept, with its own weight.
 """
 
 import torch
@@ -104,21 +104,21 @@ class DistillAlign(nn.Module):
         d = config.hidden_size
         self.distillation_coefficient = config.distillation_coefficient
         self.gather_across_processes = config.gather_queue_across_processes
-        self.temp = nn.Parameter(torch.tensor(config.temperature))
-        self.h = nn.Linear(d, d)
+        self.temperature = nn.Parameter(torch.tensor(config.temperature))
+        self.predictor = nn.Linear(d, d)
         # (d, K): column k is the k-th queued unit feature
         self.register_buffer("video_queue", F.normalize(torch.randn(d, config.queue_length), dim=0))
         self.register_buffer("text_queue", F.normalize(torch.randn(d, config.queue_length), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
-    def _contrastive_loss(self, query: torch.Tensor, keys_momentum: torch.Tensor, queue: _QueueSnapshot, target_momentum: torch.Tensor, alpha, temp) -> torch.Tensor:
+    def _contrastive_loss(self, query: torch.Tensor, keys_momentum: torch.Tensor, queue: _QueueSnapshot, target_momentum: torch.Tensor, alpha, temperature) -> torch.Tensor:
         """query (B, d) online; keys_momentum (B, d) and queue (d, K) the other modality; target_momentum (B, d)
         this modality's momentum features. Logits over [in-batch momentum keys | queue] without concatenating
         the queue (which would copy it every step)."""
         queue_logits = _QueueLogits.apply(query, queue) if torch.is_grad_enabled() else query @ queue.queue
-        logits = torch.cat([query @ keys_momentum.T, queue_logits], dim=1) / temp  # (B, B + K)
+        logits = torch.cat([query @ keys_momentum.T, queue_logits], dim=1) / temperature  # (B, B + K)
         with torch.no_grad():
-            soft = torch.cat([target_momentum @ keys_momentum.T, target_momentum @ queue.queue], dim=1) / temp
+            soft = torch.cat([target_momentum @ keys_momentum.T, target_momentum @ queue.queue], dim=1) / temperature
             soft = soft.softmax(dim=1)
         log_prob = logits.log_softmax(dim=1)
         # Σ_j Y_ij log p_ij with Y = α·soft + (1 − α)·I, I the identity on the in-batch block
@@ -146,20 +146,20 @@ class DistillAlign(nn.Module):
             alpha = alpha * min(1.0, max(0.0, training_progress))  # warm-up over the first epoch
         if self.training:
             with torch.no_grad():
-                self.temp.clamp_(0.001, 0.5)
-            temp = self.temp
+                self.temperature.clamp_(0.001, 0.5)
+            temperature = self.temperature
         else:
-            temp = self.temp.clamp(0.001, 0.5)  # evaluation changes no state
+            temperature = self.temperature.clamp(0.001, 0.5)  # evaluation changes no state
 
         video_global_momentum = video_global_momentum.detach()
         text_global_momentum = text_global_momentum.detach()
         text_queue, video_queue = _QueueSnapshot(self.text_queue), _QueueSnapshot(self.video_queue)
-        loss_v2t = self._contrastive_loss(video_global, text_global_momentum, text_queue, video_global_momentum, alpha, temp)
-        loss_t2v = self._contrastive_loss(text_global, video_global_momentum, video_queue, text_global_momentum, alpha, temp)
+        loss_v2t = self._contrastive_loss(video_global, text_global_momentum, text_queue, video_global_momentum, alpha, temperature)
+        loss_t2v = self._contrastive_loss(text_global, video_global_momentum, video_queue, text_global_momentum, alpha, temperature)
         loss_align = (loss_v2t + loss_t2v) / 2
 
-        predicted_text = self.h(video_global.relu())
-        predicted_video = self.h(text_global.relu())
+        predicted_text = self.predictor(video_global.relu())
+        predicted_video = self.predictor(text_global.relu())
         loss_sim = -(
             F.cosine_similarity(predicted_text, text_global, dim=-1, eps=1e-8).mean()
             + F.cosine_similarity(predicted_video, video_global, dim=-1, eps=1e-8).mean()

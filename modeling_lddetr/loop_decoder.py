@@ -47,20 +47,20 @@ class AnchorDecoderLayer(nn.Module):
         super().__init__()
         d, heads = config.hidden_size, config.num_attention_heads
         self.is_first = is_first
-        self.sa_qcontent_proj = nn.Linear(d, d)
-        self.sa_qpos_proj = nn.Linear(d, d)
-        self.sa_kcontent_proj = nn.Linear(d, d)
-        self.sa_kpos_proj = nn.Linear(d, d)
-        self.sa_v_proj = nn.Linear(d, d)
+        self.self_attn_query_content_proj = nn.Linear(d, d)
+        self.self_attn_query_pos_proj = nn.Linear(d, d)
+        self.self_attn_key_content_proj = nn.Linear(d, d)
+        self.self_attn_key_pos_proj = nn.Linear(d, d)
+        self.self_attn_value_proj = nn.Linear(d, d)
         self.self_attn = MultiheadAttention(d, heads, config.attention_dropout, project_inputs=False)
         self.norm1 = nn.LayerNorm(d)
 
-        self.ca_qcontent_proj = nn.Linear(d, d)
-        self.ca_qpos_proj = nn.Linear(d, d) if is_first else None
-        self.ca_kcontent_proj = nn.Linear(d, d)
-        self.ca_kpos_proj = nn.Linear(d, d)
-        self.ca_v_proj = nn.Linear(d, d)
-        self.ca_qpos_sine_proj = nn.Linear(d, d)
+        self.cross_attn_query_content_proj = nn.Linear(d, d)
+        self.cross_attn_query_pos_proj = nn.Linear(d, d) if is_first else None
+        self.cross_attn_key_content_proj = nn.Linear(d, d)
+        self.cross_attn_key_pos_proj = nn.Linear(d, d)
+        self.cross_attn_value_proj = nn.Linear(d, d)
+        self.cross_attn_query_pos_sine_proj = nn.Linear(d, d)
         self.cross_attn = MultiheadAttention(2 * d, heads, config.attention_dropout, value_dim=d, project_inputs=False)
         self.norm2 = nn.LayerNorm(d)
 
@@ -92,20 +92,20 @@ class AnchorDecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """queries (B, Q, d), memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d),
         query_pos (B, Q, d), query_sine_embed (B, Q, d) -> (B, Q, d)."""
-        q = self.sa_qcontent_proj(queries) + self.sa_qpos_proj(query_pos)
-        k = self.sa_kcontent_proj(queries) + self.sa_kpos_proj(query_pos)
-        attended = self.self_attn(q, k, self.sa_v_proj(queries))
+        q = self.self_attn_query_content_proj(queries) + self.self_attn_query_pos_proj(query_pos)
+        k = self.self_attn_key_content_proj(queries) + self.self_attn_key_pos_proj(query_pos)
+        attended = self.self_attn(q, k, self.self_attn_value_proj(queries))
         queries = self.norm1(queries + self.dropout1(attended))
 
-        q = self.ca_qcontent_proj(queries)
-        k = self.ca_kcontent_proj(memory)
-        k_pos = self.ca_kpos_proj(memory_pos)
+        q = self.cross_attn_query_content_proj(queries)
+        k = self.cross_attn_key_content_proj(memory)
+        k_pos = self.cross_attn_key_pos_proj(memory_pos)
         if self.is_first:
-            q = q + self.ca_qpos_proj(query_pos)
+            q = q + self.cross_attn_query_pos_proj(query_pos)
             k = k + k_pos
-        q = self._concat_per_head(q, self.ca_qpos_sine_proj(query_sine_embed))
+        q = self._concat_per_head(q, self.cross_attn_query_pos_sine_proj(query_sine_embed))
         k = self._concat_per_head(k, k_pos)
-        attended = self.cross_attn(q, k, self.ca_v_proj(memory), key_mask=memory_mask)
+        attended = self.cross_attn(q, k, self.cross_attn_value_proj(memory), key_mask=memory_mask)
         queries = self.norm2(queries + self.dropout2(attended))
 
         ffn = self.linear2(self.dropout(self.activation(self.linear1(queries))))
@@ -122,9 +122,9 @@ class AnchorDecoder(nn.Module):
         self.layers = nn.ModuleList(AnchorDecoderLayer(config, is_first=(i == 0)) for i in range(config.num_decoder_layers))
         self.norm = nn.LayerNorm(d)
         self.query_scale = MLP(d, d, d, 2)
-        self.ref_point_head = MLP(d, d, d, 2)
-        self.bbox_embed = MLP(d, d, 2, 3)  # shared by all layers
-        self.ref_anchor_head = MLP(d, d, 1, 2)
+        self.anchor_position_head = MLP(d, d, d, 2)
+        self.anchor_offset_head = MLP(d, d, 2, 3)  # shared by all layers
+        self.anchor_width_head = MLP(d, d, 1, 2)
 
     def forward(
         self, queries: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor, anchors_unsigmoid: torch.Tensor
@@ -135,15 +135,15 @@ class AnchorDecoder(nn.Module):
         hidden_states, reference_anchors = [], [anchors]
         for i, layer in enumerate(self.layers):
             sine_embed = anchor_sine_embedding(anchors, self.hidden_size)  # (B, Q, d)
-            query_pos = self.ref_point_head(sine_embed)
+            query_pos = self.anchor_position_head(sine_embed)
             if i > 0:
                 sine_embed = sine_embed * self.query_scale(queries)
             # width-modulated attention: scale by predicted width / anchor width
-            width_ratio = self.ref_anchor_head(queries).sigmoid()[..., 0] / anchors[..., 1]
+            width_ratio = self.anchor_width_head(queries).sigmoid()[..., 0] / anchors[..., 1]
             sine_embed = sine_embed * width_ratio[..., None]
             queries = layer(queries, memory, memory_mask, memory_pos, query_pos, sine_embed)
 
-            new_anchors = (self.bbox_embed(queries) + inverse_sigmoid(anchors)).sigmoid()
+            new_anchors = (self.anchor_offset_head(queries) + inverse_sigmoid(anchors)).sigmoid()
             if i < len(self.layers) - 1:
                 reference_anchors.append(new_anchors)
             anchors = new_anchors.detach()

@@ -13,6 +13,7 @@ Data flow (B videos of L clips, N query tokens, d = hidden size, Q queries):
 """
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,8 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.utils import ModelOutput
 
 from .attention import MultiheadAttention
@@ -34,6 +37,38 @@ from .prediction_heads import HighlightDetectionHead, MomentRetrievalHead
 from .unimodal_encoder import UnimodalEncoder
 
 QUEUE_KEYS = ("distill_align.video_queue", "distill_align.text_queue", "distill_align.queue_ptr")
+
+# state-dict keys of folders saved by earlier versions of this package, which used the official names
+# (pattern of the old key -> the new part): from_pretrained renames them on load, the converter through them
+RENAMED_KEYS = {
+    r"^anchor_embed\.": "loop_decoder.anchor_embed.",
+    r"^distill_align\.h\.": "distill_align.predictor.",
+    r"^distill_align\.temp$": "distill_align.temperature",
+    r"\.v2t_extractor\.w4C$": ".v2t_extractor.clip_score_weight",
+    r"\.v2t_extractor\.w4Q$": ".v2t_extractor.token_score_weight",
+    r"\.v2t_extractor\.w4mlu$": ".v2t_extractor.clip_token_score_weight",
+    r"\.sa_qcontent_proj\.": ".self_attn_query_content_proj.",
+    r"\.sa_qpos_proj\.": ".self_attn_query_pos_proj.",
+    r"\.sa_kcontent_proj\.": ".self_attn_key_content_proj.",
+    r"\.sa_kpos_proj\.": ".self_attn_key_pos_proj.",
+    r"\.sa_v_proj\.": ".self_attn_value_proj.",
+    r"\.ca_qcontent_proj\.": ".cross_attn_query_content_proj.",
+    r"\.ca_qpos_proj\.": ".cross_attn_query_pos_proj.",
+    r"\.ca_kcontent_proj\.": ".cross_attn_key_content_proj.",
+    r"\.ca_kpos_proj\.": ".cross_attn_key_pos_proj.",
+    r"\.ca_v_proj\.": ".cross_attn_value_proj.",
+    r"\.ca_qpos_sine_proj\.": ".cross_attn_query_pos_sine_proj.",
+    r"\.decoder\.ref_point_head\.": ".decoder.anchor_position_head.",
+    r"\.decoder\.ref_anchor_head\.": ".decoder.anchor_width_head.",
+    r"\.decoder\.bbox_embed\.": ".decoder.anchor_offset_head.",
+}
+
+
+def rename_old_key(key: str) -> str:
+    """The current name of a state-dict key written by an earlier version of this package."""
+    for pattern, replacement in RENAMED_KEYS.items():
+        key = re.sub(pattern, replacement, key, count=1)
+    return key
 
 
 @dataclass
@@ -124,8 +159,8 @@ class LDDetrPreTrainedModel(PreTrainedModel):
                 if isinstance(submodule, MultiheadAttention):
                     init.zeros_(submodule.out_proj.bias)
         elif isinstance(module, DistillAlign):
-            init.xavier_uniform_(module.h.weight)
-            init.constant_(module.temp, self.config.temperature)
+            init.xavier_uniform_(module.predictor.weight)
+            init.constant_(module.temperature, self.config.temperature)
             for queue in (module.video_queue, module.text_queue):
                 init.copy_(queue, F.normalize(torch.randn(queue.shape), dim=0))
             init.zeros_(module.queue_ptr)
@@ -307,7 +342,14 @@ class LDDetrModel(LDDetrPreTrainedModel):
             if state_dict is None:
                 state_dict = self.state_dict()
             kwargs["state_dict"] = {k: v for k, v in state_dict.items() if k not in QUEUE_KEYS}
+        # write the current key names, not the old ones RENAMED_KEYS maps from
+        kwargs.setdefault("save_original_format", False)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+
+# by class name, so that it also applies to the remote-code copy of this file (trust_remote_code)
+register_checkpoint_conversion_mapping(
+    LDDetrModel.__name__, [WeightRenaming(old, new) for old, new in RENAMED_KEYS.items()], overwrite=True
+)
 
 __all__ = ["LDDetrModel", "LDDetrOutput", "LDDetrPreTrainedModel"]

@@ -48,3 +48,23 @@ def random_batch(config: LDDetrConfig, video_lengths, text_lengths, seed: int = 
         )
     inputs = dict(video_features=video, video_attention_mask=video_mask, text_features=text, text_attention_mask=text_mask)
     return inputs, labels
+
+
+# parameters that earlier versions of this package (and the official code) named with abbreviations: new -> old.
+# Written from the old module structure, independently of modeling_lddetr.RENAMED_KEYS.
+OLD_PARAMETER_NAMES = {
+    "self_attn_query_content_proj": "sa_qcontent_proj", "self_attn_query_pos_proj": "sa_qpos_proj",
+    "self_attn_key_content_proj": "sa_kcontent_proj", "self_attn_key_pos_proj": "sa_kpos_proj",
+    "self_attn_value_proj": "sa_v_proj", "cross_attn_query_content_proj": "ca_qcontent_proj",
+    "cross_attn_query_pos_proj": "ca_qpos_proj", "cross_attn_key_content_proj": "ca_kcontent_proj",
+    "cross_attn_key_pos_proj": "ca_kpos_proj", "cross_attn_value_proj": "ca_v_proj",
+    "cross_attn_query_pos_sine_proj": "ca_qpos_sine_proj", "anchor_position_head": "ref_point_head",
+    "anchor_width_head": "ref_anchor_head", "anchor_offset_head": "bbox_embed", "clip_score_weight": "w4C",
+    "token_score_weight": "w4Q", "clip_token_score_weight": "w4mlu", "predictor": "h", "temperature": "temp",
+}
+
+
+def old_key(key: str) -> str:
+    """A state-dict key as earlier versions of this package wrote it (the anchors sat on the model itself)."""
+    key = ".".join(OLD_PARAMETER_NAMES.get(part, part) for part in key.split("."))
+    return key.removeprefix("loop_decoder.") if key.startswith("loop_decoder.anchor_embed.") else key

@@ -11,10 +11,11 @@ import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.hf_api import RepoUrl
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
 from modeling_lddetr import LDDetrConfig, LDDetrModel
-from tests.helpers import random_batch, tiny_config
+from tests.helpers import old_key, random_batch, tiny_config
 
 
 def _trained_model():
@@ -51,6 +52,25 @@ def test_training_checkpoints_keep_the_queues(tmp_path):
     loaded = LDDetrModel.from_pretrained(tmp_path)
     assert torch.equal(loaded.distill_align.video_queue, model.distill_align.video_queue)
     assert loaded.distill_align.queue_ptr.item() == model.distill_align.queue_ptr.item() == 2
+
+
+def test_folder_saved_with_the_old_parameter_names_loads_to_the_same_model(tmp_path):
+    model, inputs = _trained_model()
+    model.save_pretrained(tmp_path, save_queues=True)
+    weights = load_file(tmp_path / "model.safetensors")
+    old_weights = {old_key(key): value for key, value in weights.items()}
+    assert "distill_align.h.weight" in old_weights and "anchor_embed.weight" in old_weights
+    save_file(old_weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    loaded = LDDetrModel.from_pretrained(tmp_path).eval()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).pred_spans, model(**inputs).pred_spans, atol=0, rtol=0)
+    # saved again, it has the current names
+    loaded.save_pretrained(tmp_path / "again")
+    with safe_open(tmp_path / "again" / "model.safetensors", "pt") as f:
+        assert "loop_decoder.anchor_embed.weight" in f.keys() and "anchor_embed.weight" not in f.keys()
 
 
 def test_auto_classes(tmp_path):

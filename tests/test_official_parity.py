@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import random_batch, tiny_config
+from helpers import old_key, random_batch, tiny_config
 
 from modeling_lddetr import LDDetrModel, LDDetrProcessor
 from modeling_lddetr.convert_official_checkpoint import (
@@ -163,7 +163,7 @@ _OUR_PLAIN = [
     ("convolutional_fuser.v2t_extractor.context_query_proj.", "convolutional_fuser.v2t_extractor.cqa_linear."),
     ("convolutional_fuser.v2t_extractor.pool_proj.", "convolutional_fuser.v2t_extractor.conv1d."),
     ("convolutional_fuser.convolutional_blocks.", "convolutional_fuser.convolutional_block.blocks."),
-    ("loop_decoder.anchor_embed.", "query_embed."),
+    ("anchor_embed.", "query_embed."),
     ("loop_decoder.decoder.", "loop_decoder.transformer_decoder."),
     ("moment_retrieval_head.", "prediction_heads.video_moment_retrieval_prediction_head."),
     ("highlight_detection_head.", "prediction_heads.highlight_detection_prediction_head."),
@@ -186,6 +186,7 @@ def _to_official_layout(state_dict):
             part = next(p for p in _OUR_ENCODER_PARTS if rest.startswith(p))
             official[prefix + _OUR_ENCODER_PARTS[part] + rest[len(part):]] = value
             continue
+        key = old_key(key)
         for ours, theirs in _OUR_PLAIN:
             if key.startswith(ours):
                 key = theirs + key[len(ours):]
