@@ -64,38 +64,33 @@ class FeedForward(nn.Module):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
 
-class T2VEncoderLayer(nn.Module):
+class _AttentionFeedForwardLayer(nn.Module):
+    """An attention block and a feed-forward block with two norms and dropouts; subclasses wire them."""
+
+    def __init__(self, config: LDDetrConfig):
+        super().__init__()
+        self.attention = MultiheadAttention(config.hidden_size, config.num_attention_heads, config.attention_dropout)
+        self.norm1 = nn.LayerNorm(config.hidden_size)
+        self.norm2 = nn.LayerNorm(config.hidden_size)
+        self.ffn = FeedForward(config)
+        self.dropout1 = nn.Dropout(config.hidden_dropout)
+        self.dropout2 = nn.Dropout(config.hidden_dropout)
+
+
+class T2VEncoderLayer(_AttentionFeedForwardLayer):
     """Clips attend to text tokens (queries: clips + positions; keys/values: tokens).
 
     As the official layer (inherited from QD-DETR), the FFN residual is added to the un-normalised attention
     output: out = LN2(x + FFN(LN1(x))) with x = video + attention.
     """
 
-    def __init__(self, config: LDDetrConfig):
-        super().__init__()
-        self.attention = MultiheadAttention(config.hidden_size, config.num_attention_heads, config.attention_dropout)
-        self.norm1 = nn.LayerNorm(config.hidden_size)
-        self.norm2 = nn.LayerNorm(config.hidden_size)
-        self.ffn = FeedForward(config)
-        self.dropout1 = nn.Dropout(config.hidden_dropout)
-        self.dropout2 = nn.Dropout(config.hidden_dropout)
-
     def forward(self, video: torch.Tensor, text: torch.Tensor, video_pos: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         x = video + self.dropout1(self.attention(video + video_pos, text, text, key_mask=text_mask))
         return self.norm2(x + self.dropout2(self.ffn(self.norm1(x))))
 
 
-class EncoderLayer(nn.Module):
+class EncoderLayer(_AttentionFeedForwardLayer):
     """Post-norm DETR encoder layer over the clips."""
-
-    def __init__(self, config: LDDetrConfig):
-        super().__init__()
-        self.attention = MultiheadAttention(config.hidden_size, config.num_attention_heads, config.attention_dropout)
-        self.norm1 = nn.LayerNorm(config.hidden_size)
-        self.norm2 = nn.LayerNorm(config.hidden_size)
-        self.ffn = FeedForward(config)
-        self.dropout1 = nn.Dropout(config.hidden_dropout)
-        self.dropout2 = nn.Dropout(config.hidden_dropout)
 
     def forward(self, video: torch.Tensor, video_pos: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
         query = video + video_pos
