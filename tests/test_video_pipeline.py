@@ -18,7 +18,7 @@ from processing.inference import predict
 from processing.video import featurizer as video_features
 from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE, TASK, ClipFeatureModels, VideoMomentRetrievalPipeline
 from processing.inference.plotting import plot_results
-from processing.inference.sliding_windows import ClipWindow, average_saliency, merge_moments, plan_windows
+from processing.inference.sliding_windows import ClipWindow, average_saliency, distinct_moments, merge_moments, plan_windows
 from tests.test_video_features import BLUE, PROJECTION_DIM, RED, constant_rate, tiny_clip_dir, write_video  # noqa: F401
 
 TEXT_DIM = 32  # the tiny CLIP's text hidden size
@@ -130,9 +130,34 @@ def test_pipeline_from_a_model_folder_matches_the_processor_and_model_run_by_han
     batch = pipe.processor(video_features=[features.concatenated()], text_features=text, return_tensors="pt")
     with torch.no_grad():
         outputs = pipe.model(**batch)
-    (record,) = pipe.processor.post_process(outputs, batch["video_attention_mask"], [features.duration], top_k=4)
-    assert [[m["start"], m["end"], m["score"]] for m in result["moments"]] == record["pred_relevant_windows"]
+    (record,) = pipe.processor.post_process(outputs, batch["video_attention_mask"], [features.duration], top_k=None)
+    shown = distinct_moments(record["pred_relevant_windows"])[:4]
+    assert [[m["start"], m["end"], m["score"]] for m in result["moments"]] == shown
     np.testing.assert_allclose(result["saliency"], record["pred_saliency_scores"], atol=1e-6)
+
+
+def test_a_short_video_shows_no_empty_or_repeated_moments_while_the_submission_records_keep_them(pipe, tmp_path):
+    # 4.6 s: two whole 2-s clips and 0.6 s more, so rounded windows pile up on 0, 2, 4 and 4.6 s
+    path = write_video(tmp_path / "short.mp4", constant_rate(4.6, 10), red_from_8_to_12_s, size=32, fps=10)
+
+    result = pipe(video=path, query="a red ball", top_k=10)
+
+    check_result(result, "a red ball", num_clips=2, duration=4.6)
+    windows = [(m["start"], m["end"]) for m in result["moments"]]
+    assert all(end > start for start, end in windows)
+    assert len(set(windows)) == len(windows)
+
+    # the official records of the same forward pass do hold empty or repeated windows: what the filter is for
+    features = pipe.video_feature_extractor(path)
+    batch = pipe.processor(
+        video_features=[features.concatenated()], text_features=pipe.text_encoder("a red ball"), return_tensors="pt"
+    )
+    with torch.no_grad():
+        outputs = pipe.model(**batch)
+    (record,) = pipe.processor.post_process(outputs, batch["video_attention_mask"], [features.duration], top_k=None)
+    official = [(start, end) for start, end, _ in record["pred_relevant_windows"]]
+    assert len(official) == 6 and (any(end <= start for start, end in official) or len(set(official)) < 6)
+    assert windows == [(start, end) for start, end, _ in distinct_moments(record["pred_relevant_windows"])]
 
 
 def moment_rows(result):
@@ -249,7 +274,7 @@ def test_cli_prints_the_moments_and_writes_json_and_a_plot(model_dir, video, tmp
     arguments = ["--model", model_dir, "--video", str(video), "--query", "a red ball", "--query", "blue sky"]
     arguments += ["--output", str(output), "--plot", str(plot), "--device", "cpu", "--top-k", "3", "--no-cache"]
 
-    results = predict.main(arguments)
+    results = predict.predict(arguments)
 
     printed = capsys.readouterr().out
     assert "Query 1/2: 'a red ball'" in printed and "Query 2/2: 'blue sky'" in printed
@@ -374,12 +399,17 @@ def test_merged_moments_are_shifted_sorted_deduplicated_and_cut_to_top_k():
     windows = [ClipWindow(0, 4, 0.0, 8.0), ClipWindow(2, 6, 4.0, 12.0)]
     moments = [[[4.0, 8.0, 0.9], [0.0, 2.0, 0.3]], [[0.0, 4.0, 0.8], [2.0, 4.0, 0.5]]]
 
-    pooled = [[4.0, 8.0, 0.9], [4.0, 8.0, 0.8], [6.0, 8.0, 0.5], [0.0, 2.0, 0.3]]
-    assert merge_moments(windows, moments, None, None) == pooled
+    # the second copy of 4-8 s is dropped even without NMS
+    assert merge_moments(windows, moments, None, None) == [[4.0, 8.0, 0.9], [6.0, 8.0, 0.5], [0.0, 2.0, 0.3]]
     assert merge_moments(windows, moments, 0.7, None) == [[4.0, 8.0, 0.9], [6.0, 8.0, 0.5], [0.0, 2.0, 0.3]]
     assert merge_moments(windows, moments, 0.4, 2) == [[4.0, 8.0, 0.9], [0.0, 2.0, 0.3]]
     with pytest.raises(ValueError, match="1 lists of moments for 2 windows"):
         merge_moments(windows, moments[:1], None, None)
+
+
+def test_distinct_moments_drop_empty_windows_and_repeats_keeping_the_best_copy():
+    ranked = [[4.0, 4.0, 0.9], [2.0, 4.0, 0.8], [0.0, 4.0, 0.7], [2.0, 4.0, 0.6], [4.0, 4.6, 0.5], [4.6, 4.6, 0.4]]
+    assert distinct_moments(ranked) == [[2.0, 4.0, 0.8], [0.0, 4.0, 0.7], [4.0, 4.6, 0.5]]
 
 
 def test_saliency_is_averaged_over_the_windows_that_contain_a_clip():

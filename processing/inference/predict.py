@@ -60,7 +60,13 @@ def format_results(results: Sequence[Mapping], top_k: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
+def main(argv: Sequence[str] | None = None) -> None:
+    # returns nothing: the console-script wrapper passes the return value to sys.exit, which would fail the run
+    predict(argv)
+
+
+def predict(argv: Sequence[str] | None = None) -> list[dict]:
+    """Run the command line; returns the per-query results."""
     args = parse_arguments(argv)
     # loading one CLIP tower from a full CLIP checkpoint reports the other tower's weights as unused: expected noise
     transformers_logging.set_verbosity_error()

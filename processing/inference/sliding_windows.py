@@ -7,6 +7,10 @@ was trained on. Each window is processed as a video of its own (its tef columns 
 window); its moments are then shifted by the window's start time, pooled over the windows, and overlapping duplicates
 (the same moment seen by two windows) removed by temporal NMS. The saliency score of a clip is the mean of its scores
 in the windows that contain it.
+
+The moments are for people to read: the official post-processing rounds windows to clip multiples, which turns a short
+window into an empty one (4.0-4.0 s) and several windows into the same one; those are dropped here (the best-scored
+copy of a window is kept), while the official submission records (`LDDetrProcessor.post_process`) keep them.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def merge_moments(
     top_k: int | None,
 ) -> list[list[float]]:
     """Pool `[start, end, score]` moments, each in seconds from its window's start, into moments in seconds from the
-    start of the video, best first, NMS applied at `nms_threshold` (None: none), at most `top_k` (None: all)."""
+    start of the video, best first, of positive length and each window once, NMS applied at `nms_threshold` (None:
+    none), at most `top_k` (None: all)."""
     if len(windows) != len(moments_per_window):
         raise ValueError(f"{len(moments_per_window)} lists of moments for {len(windows)} windows")
     pooled = [
@@ -72,9 +77,21 @@ def merge_moments(
         for start, end, score in moments
     ]
     pooled.sort(key=lambda moment: moment[2], reverse=True)  # stable: equal scores keep window order
+    pooled = distinct_moments(pooled)
     if nms_threshold is not None:
         pooled = temporal_nms(pooled, nms_threshold)
     return pooled[:top_k]
+
+
+def distinct_moments(ranked: Sequence[Sequence[float]]) -> list[list[float]]:
+    """The `[start, end, score]` rows, best first, without empty windows and without repeats of a window."""
+    seen = set()
+    kept = []
+    for start, end, score in ranked:
+        if end > start and (start, end) not in seen:
+            seen.add((start, end))
+            kept.append([start, end, score])
+    return kept
 
 
 def average_saliency(
