@@ -36,7 +36,11 @@ setup(
         "timm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "demo": ["gradio>=6,<7"],
+        # the web-demo test drives the app in Chromium through Selenium
+        "test": ["pytest", "gradio>=6,<7", "selenium>=4.20"],
+    },
     entry_points={
         "console_scripts": [
             "lddetr-convert=modeling_lddetr.convert_official_checkpoint:main",
@@ -45,6 +49,7 @@ setup(
             "lddetr-eval=training_scripts.evaluate:main",
             "lddetr-predict-split=training_scripts.predict_split:main",
             "lddetr-predict=processing.inference.predict:main",
+            "lddetr-demo=processing.demo.app:main",
         ]
     },
 )

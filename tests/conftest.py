@@ -18,6 +18,9 @@ os.environ.setdefault("HF_HOME", os.path.join(_cache, "home"))
 os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_cache, "datasets"))
 os.environ.setdefault("HF_MODULES_CACHE", os.path.join(_cache, "modules"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the web demo: no analytics or version checks (no network), uploads in the throw-away folder
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(_cache, "gradio"))
 
 from pathlib import Path  # noqa: E402
 
