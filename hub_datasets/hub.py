@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Array2D, Dataset, DatasetDict, load_dataset
 from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .card import split_front_matter
 
@@ -22,6 +23,18 @@ INFO_KEYS = (
     "feature_dtype",
     "splits",
 )
+
+
+def require_folder_or_hub_id(location: str | Path, what: str) -> None:
+    """Raise FileNotFoundError naming `location` when it is neither a folder nor a possible Hub repository id, so that
+    a mistyped path is reported as one rather than as a malformed repository id."""
+    location = str(location)
+    if Path(location).is_dir():
+        return
+    try:
+        validate_repo_id(location)
+    except HFValidationError:
+        raise FileNotFoundError(f"no such {what} folder: {location}") from None
 
 
 def read_info(path: Path) -> dict:
@@ -76,6 +89,7 @@ def load_lddetr_dataset(path_or_hub_id: str | Path, revision: str | None = None)
     elif folder.exists():
         raise NotADirectoryError(f"{location} is a file; expected a dataset folder or a Hub dataset id")
     else:
+        require_folder_or_hub_id(location, "dataset")
         info = read_info(hf_hub_download(location, INFO_FILE, repo_type="dataset", revision=revision))
         queries = load_dataset(location, "queries", revision=revision)
         videos = load_dataset(location, "videos", split="train", revision=revision)

@@ -10,6 +10,7 @@ type) are written beside the model, so that `LDDetrProcessor.from_pretrained(fol
 """
 
 import argparse
+import pickle
 import re
 from argparse import Namespace
 from pathlib import Path
@@ -187,23 +188,57 @@ def processor_from_official_checkpoint(checkpoint: dict, config: LDDetrConfig) -
     return LDDetrProcessor(feature_extractor)
 
 
-def load_official_checkpoint(path: str | Path) -> dict:
+# what an official checkpoint pickles besides tensors and plain containers: the training options ("opt") and the
+# torch.device among them; torch.load(weights_only=True) refuses every other object type
+OFFICIAL_CHECKPOINT_GLOBALS = [Namespace, torch.device]
+
+
+def load_official_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
+    """The checkpoint's dict, unpickled with `weights_only=True` and only `OFFICIAL_CHECKPOINT_GLOBALS` allowed
+    (an arbitrary pickle can run code); `trust_checkpoint=True` unpickles anything, for files of a trusted source."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint not found: {path}")
     try:
-        # the official checkpoints pickle an argparse.Namespace (and a torch.device) in "opt"
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if trust_checkpoint:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(OFFICIAL_CHECKPOINT_GLOBALS):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = _refused_globals(path)
+        if not refused:
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint (it does not unpickle as one)") from error
+        raise ValueError(
+            f"{path} holds objects of types an official checkpoint does not ({', '.join(refused)}), and unpickling "
+            "them could run code: pass --trust-checkpoint (trust_checkpoint=True) only if you trust its source"
+        ) from error
     except Exception as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {reason})") from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise ValueError(f"{path} is not an official LD-DETR checkpoint: expected a dict with a 'model' state dict.")
     return checkpoint
 
 
-def convert_official_checkpoint(checkpoint_path: str | Path, output_dir: str | Path | None = None, save_queues: bool = True) -> LDDetrModel:
+def _refused_globals(path: Path) -> list[str]:
+    """The types in a checkpoint that the allowlist refuses (empty when the file cannot be inspected)."""
+    allowed = {f"{kind.__module__}.{kind.__qualname__}" for kind in OFFICIAL_CHECKPOINT_GLOBALS}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip-format checkpoint: the unpickling error is all there is to say
+        return []
+    return sorted(set(found) - allowed)
+
+
+def convert_official_checkpoint(
+    checkpoint_path: str | Path,
+    output_dir: str | Path | None = None,
+    save_queues: bool = True,
+    trust_checkpoint: bool = False,
+) -> LDDetrModel:
     """Load an official checkpoint into an `LDDetrModel` (and save it to `output_dir` if given)."""
-    checkpoint = load_official_checkpoint(checkpoint_path)
+    checkpoint = load_official_checkpoint(checkpoint_path, trust_checkpoint=trust_checkpoint)
     config = config_from_official_checkpoint(checkpoint)
     model = LDDetrModel(config)
     state_dict = convert_official_state_dict(checkpoint["model"])
@@ -221,8 +256,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="official checkpoint (model_best.ckpt)")
     parser.add_argument("--output-dir", required=True, help="folder to write config.json and model.safetensors to")
     parser.add_argument("--no-queues", action="store_true", help="leave out the Distill Align queues (inference only)")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle any object the checkpoint holds (it can run code): only for files from a trusted source",
+    )
     args = parser.parse_args(argv)
-    model = convert_official_checkpoint(args.checkpoint, args.output_dir, save_queues=not args.no_queues)
+    try:
+        model = convert_official_checkpoint(
+            args.checkpoint, args.output_dir, save_queues=not args.no_queues, trust_checkpoint=args.trust_checkpoint
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"lddetr-convert: error: {error}") from None
     print(f"converted {args.checkpoint} -> {args.output_dir} ({sum(p.numel() for p in model.parameters()):,} parameters)")
 
 

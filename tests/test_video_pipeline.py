@@ -286,11 +286,6 @@ def test_cli_prints_the_moments_and_writes_json_and_a_plot(model_dir, video, tmp
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
-def test_cli_reports_bad_input_without_a_traceback(model_dir, tmp_path):
-    with pytest.raises(SystemExit, match="lddetr-predict: error: .*missing.mp4"):
-        predict.main(["--model", model_dir, "--video", str(tmp_path / "missing.mp4"), "--query", "x"])
-
-
 def test_plot_needs_results(tmp_path):
     with pytest.raises(ValueError, match="no results"):
         plot_results([], tmp_path / "empty.png")

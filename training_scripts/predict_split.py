@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from hub_datasets import load_lddetr_dataset
 from hub_datasets.demo import demo_dataset_path
+from hub_datasets.hub import require_folder_or_hub_id
 from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor, write_submission
 from modeling_lddetr.dataset_types import dataset_type as registered_dataset_type
 from processing.evaluation.metrics import compute_metrics
@@ -49,6 +50,7 @@ def has_ground_truth(records: list[dict], dataset_type: str) -> bool:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        require_folder_or_hub_id(args.model, "model")  # before the dataset is loaded, which takes a while
         queries, videos, info = load_lddetr_dataset(args.dataset or demo_dataset_path())
         if args.split not in queries:
             raise ValueError(f"the dataset has no split {args.split!r}; it has {sorted(queries)}")

@@ -85,7 +85,10 @@ def print_metrics(trainer: LDDetrTrainer, title: str, metrics: dict, prefix: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(argv)
+    try:
+        train(argv)
+    except (FileNotFoundError, NotADirectoryError) as error:  # e.g. a mistyped --dataset folder
+        raise SystemExit(f"lddetr-train: error: {error}") from None
 
 
 def train(argv: list[str] | None = None) -> dict:

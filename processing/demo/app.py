@@ -27,6 +27,8 @@ from PIL import Image
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
+from hub_datasets.hub import require_folder_or_hub_id
+
 from ..inference.pipeline import DEFAULT_TOP_K, TASK, VideoMomentRetrievalPipeline
 from ..inference.plotting import plot_results
 from ..video.clip_encoders import resolve_device
@@ -52,6 +54,7 @@ def load_pipeline(model: str, device: str = "auto", cache_dir: str | os.PathLike
     """The `video-moment-retrieval` pipeline of a model folder or Hub id, with its video feature cache on."""
     # loading one CLIP tower from a full CLIP checkpoint reports the other tower's weights as unused: expected noise
     transformers_logging.set_verbosity_error()
+    require_folder_or_hub_id(model, "model")
     return pipeline(TASK, model=model, device=resolve_device(device), cache_dir=cache_dir, use_cache=True, **kwargs)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
+from hub_datasets.hub import require_folder_or_hub_id
+
 from ..video.clip_encoders import resolve_device
 from .pipeline import TASK
 from .plotting import plot_results
@@ -72,6 +74,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     try:
+        require_folder_or_hub_id(args.model, "model")
         pipe = pipeline(
             TASK,
             model=args.model,
@@ -83,8 +86,8 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
         results = pipe(
             video=args.video, query=args.query, top_k=args.top_k, nms_threshold=args.nms_threshold, progress=True
         )
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"lddetr-predict: error: {error}") from error
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"lddetr-predict: error: {error}") from None
 
     print(format_results(results, args.top_k))
     if args.output:
