@@ -1,15 +1,20 @@
 """The web demo, in a real browser: headless Chromium driven by Selenium against the app served on 127.0.0.1, with a
 tiny random CLIP and a tiny random LD-DETR; and its checks, without a browser."""
 
+import importlib.metadata
 import os
+import runpy
 import shutil
 import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import gradio as gr
 import pytest
+import yaml
+from packaging.requirements import Requirement
 
 from processing.demo.app import MomentSearch, build_demo, launch, load_pipeline, moment_label, parse_queries
 from processing.video import featurizer
@@ -187,3 +192,29 @@ def test_lddetr_demo_serves_the_app_and_refuses_a_bad_model(model_dir, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------- the Space layout
+
+SPACE = Path(__file__).resolve().parents[1] / "spaces" / "lddetr-demo"
+
+
+def test_the_space_app_builds_the_demo_for_the_model_it_is_given(model_dir, monkeypatch):
+    monkeypatch.setenv("LDDETR_MODEL", model_dir)
+    namespace = runpy.run_path(str(SPACE / "app.py"))
+    assert isinstance(namespace["demo"], gr.Blocks)
+    monkeypatch.delenv("LDDETR_MODEL")
+    with pytest.raises(SystemExit, match="LDDETR_MODEL"):
+        runpy.run_path(str(SPACE / "app.py"))
+
+
+def test_the_space_header_and_requirements_match_the_package():
+    header = yaml.safe_load((SPACE / "README.md").read_text(encoding="utf-8").split("---")[1])
+    assert header["sdk"] == "gradio" and (SPACE / header["app_file"]).is_file()
+    assert header["sdk_version"].split(".")[0] == gr.__version__.split(".")[0]
+    lines = (SPACE / "requirements.txt").read_text().splitlines()
+    listed = {str(Requirement(line)) for line in lines if line and not line.startswith("#")}
+    # the package's own requirements, and gradio from its demo extra
+    wanted = {str(Requirement(text)) for text in importlib.metadata.requires("lddetr") if "extra ==" not in text}
+    wanted |= {str(Requirement(text.split(";")[0])) for text in importlib.metadata.requires("lddetr") if "gradio" in text}
+    assert listed == wanted
