@@ -102,7 +102,7 @@ def test_a_moment_button_seeks_the_player_to_the_moment(served_demo, browser, de
 
     wait = WebDriverWait(browser, 30)
     browser.get(served_demo)
-    upload = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f"#player input[type=file]")))
+    upload = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#player input[type=file]")))
     upload.send_keys(str(h264_video))
     player = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#player video")))
     wait.until(lambda _: browser.execute_script("return arguments[0].readyState >= 1", player))
@@ -163,7 +163,7 @@ def test_a_search_returns_the_pipeline_results_a_plot_the_frames_and_the_json(de
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert len(thumbnails_of[str(h264_video)]) == 5  # one per clip
     assert len(gallery) == 2 * 4 and gallery[0][1].startswith("a red ball: ")
-    assert f'"query": "blue sky"' in open(document).read()
+    assert '"query": "blue sky"' in open(document).read()
 
 
 def test_lddetr_demo_serves_the_app_and_refuses_a_bad_model(model_dir, tmp_path):

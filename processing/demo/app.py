@@ -29,7 +29,7 @@ from transformers.utils import logging as transformers_logging
 
 from hub_datasets.hub import require_folder_or_hub_id
 
-from ..inference.pipeline import DEFAULT_TOP_K, TASK, VideoMomentRetrievalPipeline
+from ..inference.pipeline import TASK, VideoMomentRetrievalPipeline
 from ..inference.plotting import plot_results
 from ..video.clip_encoders import resolve_device
 from ..video.decoding import VideoClipReader
@@ -135,7 +135,7 @@ def build_demo(
                 queries = gr.Textbox(
                     label="queries (one per line)", lines=2, placeholder="a man throws a ball", elem_id="queries"
                 )
-                top_k = gr.Slider(1, MAX_TOP_K, value=min(5, DEFAULT_TOP_K), step=1, label="moments per query")
+                top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="moments per query")
                 find = gr.Button("Find moments", variant="primary", elem_id="find")
                 if examples:
                     gr.Examples([[path] for path in examples], inputs=[video], label="example videos")
@@ -178,7 +178,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--example", action="append", default=[], help="an example video; repeat for several")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--cache-dir", help="video feature cache (default $LDDETR_CACHE or ~/.cache/lddetr/features)")
-    parser.add_argument("--server-name", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    parser.add_argument(
+        "--server-name", help="address to serve on (default 127.0.0.1, or $GRADIO_SERVER_NAME; 0.0.0.0: every interface)"
+    )
     parser.add_argument("--server-port", type=int, help="port (default: 7860, or the next free one)")
     parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     return parser.parse_args(argv)
