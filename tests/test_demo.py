@@ -215,6 +215,7 @@ def test_the_space_header_and_requirements_match_the_package():
     lines = (SPACE / "requirements.txt").read_text().splitlines()
     listed = {str(Requirement(line)) for line in lines if line and not line.startswith("#")}
     # the package's own requirements, and gradio from its demo extra
-    wanted = {str(Requirement(text)) for text in importlib.metadata.requires("lddetr") if "extra ==" not in text}
-    wanted |= {str(Requirement(text.split(";")[0])) for text in importlib.metadata.requires("lddetr") if "gradio" in text}
+    requirements = importlib.metadata.requires("lddetr")
+    wanted = {str(Requirement(text)) for text in requirements if "extra ==" not in text}
+    wanted |= {str(Requirement(text.split(";")[0])) for text in requirements if "gradio" in text}
     assert listed == wanted

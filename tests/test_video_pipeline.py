@@ -148,7 +148,7 @@ def test_a_short_video_shows_no_empty_or_repeated_moments_while_the_submission_r
     assert len(set(windows)) == len(windows)
 
     # the official records of the same forward pass do hold empty or repeated windows: what the filter is for
-    features = pipe.video_feature_extractor(path)
+    features = pipe.video_featurizer(path)
     batch = pipe.processor(
         video_features=[features.concatenated()], text_features=pipe.text_encoder("a red ball"), return_tensors="pt"
     )

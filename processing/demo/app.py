@@ -7,9 +7,10 @@ moments". Per query, the moments appear as buttons that seek the player to the m
 saliency of every clip over time with the moments shaded, the most salient frames, and the results as a JSON file.
 
 A video's features are extracted once: the pipeline's feature cache (`processing.video.feature_cache`, on disk under
-`--cache-dir`, keyed on the file's content and the CLIP models) serves every later query on the same video, in this
-session and the next. The thumbnails of the gallery are decoded once per video and session (kept in the session's
-state). Only CLIP-feature checkpoints run here: the app has no SlowFast encoder, and refuses others at start-up.
+`features/` of `--cache-dir`, keyed on the file's content and the CLIP models) serves every later query on the same
+video, in this session and the next. The thumbnails of the gallery are decoded once per video and session (kept in
+the session's state). Only CLIP-feature checkpoints run here: the app has no SlowFast encoder, and refuses others at
+start-up.
 """
 
 from __future__ import annotations
@@ -177,9 +178,13 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="LD-DETR model folder or Hub id (model + processor)")
     parser.add_argument("--example", action="append", default=[], help="an example video; repeat for several")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--cache-dir", help="video feature cache (default $LDDETR_CACHE or ~/.cache/lddetr/features)")
     parser.add_argument(
-        "--server-name", help="address to serve on (default 127.0.0.1, or $GRADIO_SERVER_NAME; 0.0.0.0: every interface)"
+        "--cache-dir",
+        help="lddetr cache folder; video features go under its features/ (default $LDDETR_CACHE or ~/.cache/lddetr)",
+    )
+    parser.add_argument(
+        "--server-name",
+        help="address to serve on (default 127.0.0.1, or $GRADIO_SERVER_NAME; 0.0.0.0: every interface)",
     )
     parser.add_argument("--server-port", type=int, help="port (default: 7860, or the next free one)")
     parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
