@@ -46,3 +46,11 @@ def official_fixture_dir(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def shared_data_dir(shared_dir) -> Path:
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> str:
+    """A randomly initialised tiny CLIP folder (helpers.save_tiny_clip), shared by the video tests."""
+    from helpers import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

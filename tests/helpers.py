@@ -1,5 +1,11 @@
-"""Small configs and random inputs shared by the tests."""
+"""Small configs, random inputs, generated videos and a tiny CLIP shared by the tests."""
 
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
 import torch
 
 from modeling_lddetr import LDDetrConfig
@@ -68,3 +74,65 @@ def old_key(key: str) -> str:
     """A state-dict key as earlier versions of this package wrote it (the anchors sat on the model itself)."""
     key = ".".join(OLD_PARAMETER_NAMES.get(part, part) for part in key.split("."))
     return key.removeprefix("loop_decoder.") if key.startswith("loop_decoder.anchor_embed.") else key
+
+
+def write_video(path, frame_times, colour_of, size=64, codec="mpeg4", pix_fmt="yuv420p", fps=10):
+    """Encode one solid-colour frame per timestamp (seconds); colour_of(index, time) -> RGB. fps: the nominal rate;
+    size: side of a square frame, or (width, height)."""
+    width, height = (size, size) if isinstance(size, int) else size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = pix_fmt
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for index, time in enumerate(frame_times):
+            rgb = np.empty((height, width, 3), np.uint8)
+            rgb[:] = colour_of(index, time)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = round(time * 1000)
+            frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def constant_rate(seconds, fps):
+    return [index / fps for index in range(round(seconds * fps))]
+
+
+# the projection (image feature) dim of the tiny CLIP that save_tiny_clip writes; its text hidden size is 32
+TINY_CLIP_PROJECTION_DIM = 16
+TINY_CLIP_TEXT_DIM = 32
+
+
+def save_tiny_clip(folder: Path) -> str:
+    """A randomly initialised CLIP (hidden 32, 2 layers, projection 16, 32-px images) with a tiny BPE tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(f"{letter}</w>" for letter in letters)]
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tower = dict(hidden_size=TINY_CLIP_TEXT_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(
+            **tower,
+            vocab_size=len(tokens),
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            projection_dim=TINY_CLIP_PROJECTION_DIM,
+        ),
+        vision_config=dict(**tower, image_size=32, patch_size=8, projection_dim=TINY_CLIP_PROJECTION_DIM),
+        projection_dim=TINY_CLIP_PROJECTION_DIM,
+    )
+    torch.manual_seed(0)
+    model_dir = folder / "model"
+    CLIPModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    return str(model_dir)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_config
+from helpers import TINY_CLIP_PROJECTION_DIM as PROJECTION_DIM
+from helpers import TINY_CLIP_TEXT_DIM as TEXT_DIM
+from helpers import constant_rate, tiny_config, write_video
 from transformers import pipeline
 
 from modeling_lddetr import LDDetrModel, LDDetrOutput
@@ -19,9 +21,8 @@ from processing.video import featurizer as video_features
 from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE, TASK, ClipFeatureModels, VideoMomentRetrievalPipeline
 from processing.inference.plotting import plot_results
 from processing.inference.sliding_windows import ClipWindow, average_saliency, distinct_moments, merge_moments, plan_windows
-from tests.test_video_features import BLUE, PROJECTION_DIM, RED, constant_rate, tiny_clip_dir, write_video  # noqa: F401
+from tests.test_video_features import BLUE, RED
 
-TEXT_DIM = 32  # the tiny CLIP's text hidden size
 RED_CLIPS = [4, 5]  # red in [8, 12) s: 2-s clips 4 and 5
 
 
