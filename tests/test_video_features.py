@@ -1,13 +1,13 @@
 """Video decoding into clips, CLIP image/text features, the feature cache: on videos and tiny CLIP models made here."""
 
 import bisect
-import json
-from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_CLIP_PROJECTION_DIM as PROJECTION_DIM
+from helpers import constant_rate, write_video
 
 from processing.cache_dir import CACHE_ENV_VAR, default_cache_dir
 from processing.video import featurizer as video_features
@@ -17,31 +17,6 @@ from processing.video.decoding import VideoClipReader, count_clips
 from processing.video.featurizer import CallableClipEncoder, VideoFeaturizer
 
 BLUE, RED = (20, 40, 220), (220, 30, 30)
-PROJECTION_DIM = 16
-
-
-def write_video(path, frame_times, colour_of, size=64, codec="mpeg4", pix_fmt="yuv420p", fps=10):
-    """Encode one solid-colour frame per timestamp (seconds); colour_of(index, time) -> RGB. fps: the nominal rate."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = pix_fmt
-        stream.codec_context.time_base = Fraction(1, 1000)
-        for index, time in enumerate(frame_times):
-            rgb = np.empty((size, size, 3), np.uint8)
-            rgb[:] = colour_of(index, time)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = round(time * 1000)
-            frame.time_base = Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def constant_rate(seconds, fps):
-    return [index / fps for index in range(round(seconds * fps))]
 
 
 def red_from_4_to_6_s(index, time):
@@ -52,39 +27,6 @@ def red_from_4_to_6_s(index, time):
 def colour_video(tmp_path_factory):
     """10 s at 10 fps, blue except red in [4, 6) s, i.e. in 2-s clip 2."""
     return write_video(tmp_path_factory.mktemp("video") / "colours.mp4", constant_rate(10, 10), red_from_4_to_6_s)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    """A randomly initialised CLIP (hidden 32, 2 layers, projection 16, 32-px images) with a tiny BPE tokenizer."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(f"{letter}</w>" for letter in letters)]
-    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(
-        text_config=dict(
-            **tower,
-            vocab_size=len(tokens),
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            projection_dim=PROJECTION_DIM,
-        ),
-        vision_config=dict(**tower, image_size=32, patch_size=8, projection_dim=PROJECTION_DIM),
-        projection_dim=PROJECTION_DIM,
-    )
-    torch.manual_seed(0)
-    model_dir = folder / "model"
-    CLIPModel(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(model_dir)
-    return str(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +66,8 @@ def test_reader_samples_the_frame_on_screen_at_each_sample_time_of_a_variable_ra
         for k, frames in clip.frames.items():
             assert frames.shape == (k, 64, 64, 3) and frames.dtype == np.uint8
             centres = [clip.index + (slot + 0.5) / k for slot in range(k)]
-            expected = [level(max(bisect.bisect_right(times, centre) - 1, 0)) for centre in centres]
+            # the last frame strictly before each centre (ffmpeg's fps filter)
+            expected = [level(max(bisect.bisect_left(times, centre) - 1, 0)) for centre in centres]
             np.testing.assert_allclose(frames[:, 0, 0, 0], expected, atol=2)
 
 

@@ -4,9 +4,12 @@ The official QVHighlights / Charades-STA features are, per clip, the OpenAI CLIP
 after the visual projection), and per query the CLIP text encoder's last_hidden_state (N, 512), i.e.
 every token incl. start and end token, after the final layer norm, without the text projection.
 
-Image preprocessing runs in torch on batches of frames, on the model's device, and follows CLIP's: resize the
-shortest side (bicubic, antialiased, rounded to uint8 levels as PIL does), centre crop, scale to [0, 1], normalise
-with the checkpoint's mean and std.
+Image preprocessing runs in torch on batches of frames, on the model's device, and follows the official features'
+ffmpeg chain (`scale` then `crop`) and CLIP's processor, which agree on the geometry: resize the shortest side to
+`resize_shortest_edge` and the long side to int(long * shortest_edge / short) (truncated), bicubic (antialiased,
+rounded to uint8 levels as PIL does); crop the centre at x = int((W - crop) / 2), y = int((H - crop) / 2); scale to
+[0, 1], normalise with the checkpoint's mean and std. The sizes and crop offsets equal ffmpeg's; the pixels differ
+from ffmpeg's bicubic by one or two levels on average, as CLIP's own processor does.
 """
 
 from __future__ import annotations
@@ -59,6 +62,13 @@ class ClipImagePreprocessing:
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 RGB -> (B, 3, crop_size, crop_size) float32, normalised."""
+        images = self.resize_and_crop(frames)
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images / 255.0 - mean) / std
+
+    def resize_and_crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 RGB -> (B, 3, crop_size, crop_size) float32 of whole levels in [0, 255]."""
         images = frames.permute(0, 3, 1, 2).float()  # (B, 3, H, W) in [0, 255]
         height, width = images.shape[-2:]
         short = self.resize_shortest_edge
@@ -66,21 +76,21 @@ class ClipImagePreprocessing:
         size = (short, int(short * width / height)) if height <= width else (int(short * height / width), short)
         images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
         images = images.round_().clamp_(0, 255)
-        images = _centre_crop(images, self.crop_size)
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images / 255.0 - mean) / std
+        return _centre_crop(images, self.crop_size)
 
 
 def _centre_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 3, crop, crop), zero-padding a side shorter than the crop as torchvision does."""
+    """(B, 3, H, W) -> (B, 3, crop, crop), zero-padding a side shorter than the crop as torchvision does.
+
+    The offsets are truncated, as ffmpeg's crop=crop:crop:(W-crop)/2:(H-crop)/2 and CLIPImageProcessor; rounding
+    them (torchvision) moves the crop one pixel where the margin is odd and its half rounds up."""
     height, width = images.shape[-2:]
     if height < crop or width < crop:
         pad_h, pad_w = max(crop - height, 0), max(crop - width, 0)
         images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         height, width = images.shape[-2:]
-    top = int(round((height - crop) / 2.0))
-    left = int(round((width - crop) / 2.0))
+    top = (height - crop) // 2
+    left = (width - crop) // 2
     return images[..., top : top + crop, left : left + crop]
 
 

@@ -2,16 +2,22 @@
 
 Clip i covers [i * clip_length, (i + 1) * clip_length) seconds, counted from the first frame. For each requested
 frames-per-clip count k, the clip gets k frames, sampled at the centres of k equal sub-intervals (k = 1: the clip
-centre). The frame sampled at time t is the frame on screen at t, the last one whose presentation time (pts ·
-time_base) is <= t, so variable-frame-rate videos are sampled by time, not by frame index.
+centre). The frame sampled at time t is the last frame whose presentation time (pts · time_base) is strictly
+before t, so variable-frame-rate videos are sampled by time, not by frame index.
 
-This reproduces the official QVHighlights / Moment-DETR CLIP features: they were taken with ffmpeg's fps filter at
-1 / clip_length fps, whose default rounding makes output frame i the last frame shown before (i + 0.5) clip
-lengths, i.e. the centre of clip i.
+This is ffmpeg's `fps=k/clip_length` filter, which made the official QVHighlights / Moment-DETR CLIP features: with
+its default rounding (`round=near`) it puts a frame of time t into output slot round(t · rate), halves rounding up,
+and keeps the last frame of each slot (repeating the previous one for an empty slot). Output frame i is therefore
+the last frame before (i + 1/2) / rate, and a frame exactly at a centre belongs to the next slot: at 25 fps and 2-s
+clips the frames at 0.96, 2.96, 4.96 s (indices 24, 74, 124), not those at 1, 3, 5 s. Times are compared as exact
+fractions (pts · time_base against the clip length as a fraction), as ffmpeg compares integers, so that a frame on a
+centre is never misplaced by float rounding. ffmpeg counts time from the file's start; the two agree when the video
+stream starts the file (the first frame at time 0), as in nearly all files.
 
 Clip count: a last partial clip is kept when it covers at least half a clip, so the number of clips is
-round-half-up(duration / clip_length) (150 s at 2 s -> 75 clips, 11 s -> 6, 10.9 s -> 5). Its sample times past the
-end of the video take the last frame. A video too short to give one clip (< clip_length / 2) is an error.
+round-half-up(duration / clip_length) (150 s at 2 s -> 75 clips, 11 s -> 6, 10.9 s -> 5), as ffmpeg's fps filter
+ends. Its sample times past the end of the video take the last frame. A video too short to give one clip
+(< clip_length / 2) is an error.
 
 Only the frames of the clip being assembled are held in memory, and only sampled frames are converted to RGB.
 """
@@ -23,12 +29,13 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
 
 # Bump when the sampling or clip-counting rule changes: feature caches key on it.
-SAMPLING_VERSION = "centre-of-subintervals/round-half-up/v1"
+SAMPLING_VERSION = "last-frame-before-centre-of-subintervals/round-half-up/v2"
 
 # Float slack so that a video of exactly n + 1/2 clips keeps its half clip despite rounding in pts · time_base.
 _HALF_CLIP_SLACK = 1e-6
@@ -80,6 +87,8 @@ class VideoClipReader:
             raise ValueError(f"frames_per_clip must be positive integers, got {frames_per_clip!r}")
         self.path = os.fspath(path)
         self.clip_length = float(clip_length)
+        # exact, as ffmpeg's fps=1/clip_length rate: a frame on a sample time must not land on either side by rounding
+        self._exact_clip_length = Fraction(self.clip_length).limit_denominator(1_000_000)
         self.frame_counts = tuple(sorted(set(counts)))
         self._duration: float | None = None
         with _open_container(self.path) as container:
@@ -107,33 +116,35 @@ class VideoClipReader:
             return None
         return max(count_clips(seconds, self.clip_length), 1)
 
-    def _sample_times(self, clip_index: int) -> list[tuple[float, int, int]]:
+    def _sample_times(self, clip_index: int) -> list[tuple[Fraction, int, int]]:
         """(time, k, slot) for every sampled frame of a clip, sorted by time."""
-        start = clip_index * self.clip_length
+        length = self._exact_clip_length
+        start = clip_index * length
         times = [
-            (start + (slot + 0.5) * self.clip_length / k, k, slot) for k in self.frame_counts for slot in range(k)
+            (start + (slot + Fraction(1, 2)) * length / k, k, slot) for k in self.frame_counts for slot in range(k)
         ]
         return sorted(times)
 
-    def _samples(self) -> Iterator[tuple[float, int, int, int]]:
+    def _samples(self) -> Iterator[tuple[Fraction, int, int, int]]:
         """(time, clip index, k, slot) of every sampled frame of the video and beyond, in time order."""
         for clip_index in itertools.count():
             for time, k, slot in self._sample_times(clip_index):
                 yield time, clip_index, k, slot
 
-    def _timed_frames(self, container) -> Iterator[tuple[av.VideoFrame, float, float | None]]:
-        """(frame, seconds since the first frame, seconds the frame stays on screen if known), in time order."""
+    def _timed_frames(self, container) -> Iterator[tuple[av.VideoFrame, Fraction, Fraction | None]]:
+        """(frame, exact seconds since the first frame, seconds the frame stays on screen if known), in time order."""
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        nominal_step = 1.0 / float(stream.average_rate) if stream.average_rate else None
+        nominal_step = 1 / Fraction(stream.average_rate) if stream.average_rate else None
         first_time = previous_time = None
         try:
             for frame in container.decode(stream):
-                if frame.time is not None:
-                    first_time = frame.time if first_time is None else first_time
-                    time = frame.time - first_time
+                if frame.pts is not None and frame.time_base is not None:
+                    exact_time = frame.pts * Fraction(frame.time_base)
+                    first_time = exact_time if first_time is None else first_time
+                    time = exact_time - first_time
                 elif previous_time is None:
-                    time = 0.0
+                    time = Fraction(0)
                 elif nominal_step is not None:
                     time = previous_time + nominal_step  # no pts (some raw streams): assume the nominal frame rate
                 else:
@@ -141,7 +152,7 @@ class VideoClipReader:
                 if previous_time is not None and time <= previous_time:
                     continue  # duplicated or out-of-order timestamp: it does not change what is on screen
                 previous_time = time
-                own_step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None
+                own_step = frame.duration * Fraction(frame.time_base) if frame.duration and frame.time_base else None
                 yield frame, time, own_step or nominal_step
         except av.FFmpegError as error:
             raise ValueError(f"cannot decode {self.path}: {error}") from error
@@ -154,11 +165,11 @@ class VideoClipReader:
         collector = _ClipCollector(self.frame_counts)
         samples = self._samples()
         time, clip_index, k, slot = next(samples)
-        last_time = 0.0
+        last_time = Fraction(0)
         last_step = None
         for frame, frame_time, step in self._timed_frames(container):
-            # every sample before this frame's time saw the frame on screen until now
-            while collector.has_frame and time < frame_time:
+            # every sample up to this frame's time, that time included, takes the frame before it (ffmpeg's rule)
+            while collector.has_frame and time <= frame_time:
                 frames = collector.sample(k, slot)
                 if frames is not None:
                     yield self._make_clip(clip_index, frames)
@@ -169,7 +180,7 @@ class VideoClipReader:
             raise ValueError(f"{self.path} contains no video frames")
 
         # the last frame stays on screen for its own duration, or the nominal frame period
-        self._duration = last_time + (last_step or 0.0)
+        self._duration = float(last_time + (last_step or 0))
         num_clips = count_clips(self._duration, self.clip_length)
         if num_clips == 0:
             raise ValueError(
