@@ -116,6 +116,19 @@ class VideoFeatures:
         )
 
 
+@dataclass
+class DecodedVideo:
+    clips: list[VideoClip]
+    duration: float  # seconds, as decoded
+
+
+def decode_video(video_path: str | os.PathLike, clip_length: float, frames_per_clip: Sequence[int]) -> DecodedVideo:
+    """All clips of a video with their sampled frames (a function, so that decoding workers need no encoder)."""
+    reader = VideoClipReader(video_path, clip_length, frames_per_clip)
+    clips = list(reader)
+    return DecodedVideo(clips, reader.duration)
+
+
 class VideoFeaturizer:
     """Decode a video once into clips and run every encoder on them; cache the result.
 
@@ -171,6 +184,11 @@ class VideoFeaturizer:
         return cls(encoders, clip_length, FeatureCache(cache_dir) if use_cache else None)
 
     @property
+    def clips_per_step(self) -> int:
+        """Clips per encoding step: no encoder gets more than its batch of frames at once."""
+        return self._clips_per_step
+
+    @property
     def feature_names(self) -> list[str]:
         return [encoder.name for encoder in self.encoders]
 
@@ -206,6 +224,36 @@ class VideoFeaturizer:
         if key is not None:
             self.cache.save(key, features.to_arrays())
         return features
+
+    def decode(self, video_path: str | os.PathLike) -> DecodedVideo:
+        """Every clip's sampled frames of a video, held in memory (the builder decodes in worker processes and then
+        encodes the clips of several videos together); `__call__` streams instead."""
+        return decode_video(video_path, self.clip_length, [encoder.frames_per_clip for encoder in self.encoders])
+
+    def encode(self, videos: Sequence[DecodedVideo]) -> list[VideoFeatures]:
+        """Features of decoded videos. Their clips share encoding steps of the size `__call__` uses, so that the
+        encoders see full batches however short the videos are; clips of one frame size go together, since a step
+        stacks its frames."""
+        clips = [clip for video in videos for clip in video.clips]
+        by_size: dict[tuple, list[int]] = {}
+        for index, clip in enumerate(clips):
+            by_size.setdefault(next(iter(clip.frames.values())).shape[1:], []).append(index)
+        encoded: dict[str, list[np.ndarray | None]] = {encoder.name: [None] * len(clips) for encoder in self.encoders}
+        for indices in by_size.values():
+            for start in range(0, len(indices), self._clips_per_step):
+                step = indices[start : start + self._clips_per_step]
+                parts: dict[str, list[np.ndarray]] = {encoder.name: [] for encoder in self.encoders}
+                self._encode_step([clips[i] for i in step], parts)
+                for name, (features,) in parts.items():
+                    for i, row in zip(step, features):
+                        encoded[name][i] = row
+        results, first = [], 0
+        for video in videos:
+            last = first + len(video.clips)
+            features = {name: np.stack(rows[first:last]).astype(np.float32) for name, rows in encoded.items()}
+            results.append(VideoFeatures(features, video.duration, self.clip_length))
+            first = last
+        return results
 
     def _extract(self, video_path: str | os.PathLike, progress: bool) -> VideoFeatures:
         reader = VideoClipReader(video_path, self.clip_length, [encoder.frames_per_clip for encoder in self.encoders])
