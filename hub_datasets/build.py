@@ -9,6 +9,8 @@ The folder holds `README.md` (dataset card with the `configs` that `load_dataset
 `data/videos/train-*.parquet` (video features, one row per video, stored once however many queries use it).
 Features are stored raw (the processor normalises them). Everything is written into a hidden folder beside the
 output and renamed at the end, so an interrupted build never leaves a folder that loads as if complete.
+With `--videos-dir` instead of `--features-dir` (and `custom` for one's own annotations), CLIP features are
+extracted from the raw videos: `hub_datasets/from_videos.py`.
 """
 
 import argparse
@@ -130,7 +132,8 @@ def _video_row(spec: DatasetSpec, features_dir: Path, vid: str, owner: str, dtyp
     return row
 
 
-def _query_row(spec: DatasetSpec, features_dir: Path, row: QueryRow, dtype: str) -> dict:
+def query_row(spec: DatasetSpec, row: QueryRow, text_features: np.ndarray) -> dict:
+    """The `queries` row of an annotation row and its (N, Dt) text features."""
     values = {
         "qid": row.qid,
         "query": row.query,
@@ -139,11 +142,29 @@ def _query_row(spec: DatasetSpec, features_dir: Path, row: QueryRow, dtype: str)
         "relevant_windows": row.relevant_windows,
         "relevant_clip_ids": row.relevant_clip_ids,
         "saliency_scores": row.saliency_scores,
-        "text_features": load_text_features(spec, features_dir, row.qid, row.describe(), dtype),
+        "text_features": text_features,
     }
     if spec.has_domain:
         values["domain"] = row.domain
     return values
+
+
+def dataset_info(spec: DatasetSpec, by_split: dict, feature_dtype: str, with_audio: bool, max_video_clips: int | None,
+                 longest: int) -> dict:
+    """The contents of lddetr_dataset.json."""
+    return {
+        "dataset_type": spec.dataset_type,
+        "video_feature_names": [s.name for s in spec.video_sources],
+        "video_feature_dims": [s.dim for s in spec.video_sources],
+        "text_feature_dim": spec.text_source.dim,
+        "audio_feature_dim": spec.audio_source.dim if with_audio else 0,
+        "clip_length": spec.clip_length,
+        # what the processor should keep: the requested limit, the official one, or (no official limit) all
+        "max_video_clips": max_video_clips or spec.max_video_clips or longest,
+        "max_text_tokens": spec.max_text_tokens,
+        "feature_dtype": feature_dtype,
+        "splits": {split: len(rows) for split, rows in by_split.items()},
+    }
 
 
 def _hidden_sibling(output_dir: Path, kind: str) -> Path:
@@ -217,22 +238,11 @@ def build_dataset(
         for split, rows in by_split.items():
             writer = ShardedParquetWriter(staging / "data" / "queries", split, features, max_shard_bytes)
             for row in tqdm(rows, desc=f"{split} queries", unit="query", disable=not progress):
-                writer.write(_query_row(spec, features_dir, row, feature_dtype))
+                text = load_text_features(spec, features_dir, row.qid, row.describe(), feature_dtype)
+                writer.write(query_row(spec, row, text))
             writer.close()
 
-        info = {
-            "dataset_type": spec.dataset_type,
-            "video_feature_names": [s.name for s in spec.video_sources],
-            "video_feature_dims": [s.dim for s in spec.video_sources],
-            "text_feature_dim": spec.text_source.dim,
-            "audio_feature_dim": spec.audio_source.dim if with_audio else 0,
-            "clip_length": spec.clip_length,
-            # what the processor should keep: the requested limit, the official one, or (no official limit) all
-            "max_video_clips": max_video_clips or spec.max_video_clips or longest,
-            "max_text_tokens": spec.max_text_tokens,
-            "feature_dtype": feature_dtype,
-            "splits": {split: len(rows) for split, rows in by_split.items()},
-        }
+        info = dataset_info(spec, by_split, feature_dtype, with_audio, max_video_clips, longest)
         if (annotations_dir / "LICENSE").is_file():
             shutil.copyfile(annotations_dir / "LICENSE", staging / "LICENSE")
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -254,9 +264,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="lddetr-build-dataset",
         description="Build a Hub dataset folder (parquet + dataset card) from official annotations and feature files.",
     )
-    parser.add_argument("name", choices=sorted(SPECS), help="source dataset")
-    parser.add_argument("--annotations-dir", required=True, type=Path, help="folder with the official annotation jsonl files")
-    parser.add_argument("--features-dir", required=True, type=Path, help="folder with the official feature folders")
+    parser.add_argument("name", choices=sorted(SPECS) + ["custom"], help="source dataset (custom: your videos, --videos-dir)")
+    parser.add_argument("--annotations-dir", type=Path, help="folder with the official annotation jsonl files")
+    parser.add_argument("--features-dir", type=Path, help="folder with the official feature folders")
     parser.add_argument("--output-dir", required=True, type=Path, help="dataset folder to write (must be empty or absent)")
     parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32")
     parser.add_argument("--splits", nargs="+", help="splits to build (default: every split whose annotation file exists)")
@@ -276,28 +286,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload the folder to this Hub dataset repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
-    return parser.parse_args(argv)
+    from . import from_videos  # here, not at the top: it imports this module, and torch and CLIP
+
+    from_videos.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if (args.features_dir is None) == (args.videos_dir is None):
+        parser.error("give either --features-dir (official feature files) or --videos-dir (raw videos)")
+    if args.name == "custom" and args.videos_dir is None:
+        parser.error("custom builds from raw videos: give --videos-dir and --annotations")
+    if args.features_dir is not None and args.annotations_dir is None:
+        parser.error("--features-dir needs --annotations-dir")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        spec = SPECS[args.name].with_video_features(args.video_features).with_dims(args.video_feature_dims, args.text_feature_dim)
-        report = build_dataset(
-            spec,
-            args.annotations_dir,
-            args.features_dir,
-            args.output_dir,
-            feature_dtype=args.feature_dtype,
-            splits=args.splits,
-            max_video_clips=args.max_video_clips,
-            with_audio=args.with_audio,
-            overwrite=args.overwrite,
-            max_shard_bytes=args.max_shard_mb * 2**20,
-            progress=not args.no_progress,
-        )
+        if args.videos_dir is not None:
+            from . import from_videos
+
+            report = from_videos.build_from_videos(args)
+            if not report.info:  # a process other than the first: process 0 writes the folder and reports
+                return
+        else:
+            report = _build_from_feature_files(args)
     # bad input is reported in one line; anything else is a bug and keeps its traceback
-    except (ValueError, OutputExistsError) as e:
+    except (ValueError, OutputExistsError, FileNotFoundError) as e:
         raise SystemExit(f"lddetr-build-dataset: error: {e}") from None
     queries = ", ".join(f"{split} {n}" for split, n in report.info["splits"].items())
     print(
@@ -308,6 +322,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.push_to_hub:
         url = push_dataset_to_hub(report.output_dir, args.push_to_hub, private=args.private)
         print(f"uploaded to {url}", file=sys.stderr)
+
+
+def _build_from_feature_files(args: argparse.Namespace) -> BuildReport:
+    spec = SPECS[args.name].with_video_features(args.video_features).with_dims(args.video_feature_dims, args.text_feature_dim)
+    return build_dataset(
+        spec,
+        args.annotations_dir,
+        args.features_dir,
+        args.output_dir,
+        feature_dtype=args.feature_dtype,
+        splits=args.splits,
+        max_video_clips=args.max_video_clips,
+        with_audio=args.with_audio,
+        overwrite=args.overwrite,
+        max_shard_bytes=args.max_shard_mb * 2**20,
+        progress=not args.no_progress,
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Array2D, Dataset, DatasetDict, load_dataset
 from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .card import split_front_matter
@@ -94,6 +95,17 @@ def load_lddetr_dataset(path_or_hub_id: str | Path, revision: str | None = None)
         queries = load_dataset(location, "queries", revision=revision)
         videos = load_dataset(location, "videos", split="train", revision=revision)
     return with_matrix_format(queries), with_matrix_format(videos), info
+
+
+def dataset_file(path_or_hub_id: str | Path, name: str, revision: str | None = None) -> str | None:
+    """The local path of one file of a dataset folder or Hub dataset (downloaded), or None where it has none."""
+    folder = Path(path_or_hub_id)
+    if folder.is_dir():
+        return str(folder / name) if (folder / name).is_file() else None
+    try:
+        return hf_hub_download(str(path_or_hub_id), name, repo_type="dataset", revision=revision)
+    except EntryNotFoundError:
+        return None
 
 
 def push_dataset_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,

@@ -12,16 +12,20 @@ Run as a file (torchrun, accelerate launch), it imports the installed package (`
 repository root, launchers' `-m training_scripts.train` needs no install.
 """
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from hub_datasets import load_lddetr_dataset
 from hub_datasets.demo import demo_dataset_path
+from hub_datasets.hub import dataset_file
 from modeling_lddetr import LDDetrConfig, LDDetrModel, LDDetrProcessor
 from modeling_lddetr.collator_lddetr import LDDetrDataCollator
+from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE
 from training_scripts.metrics_table import format_table
 from training_scripts.presets import COMMON_TRAINING, PRESETS, preset_for_dataset
 from training_scripts.trainer import LDDetrTrainer
@@ -143,10 +147,16 @@ def train(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         model.save_pretrained(training_args.output_dir)  # inference export: no queues
         processor.save_pretrained(training_args.output_dir)
+        # a dataset extracted from raw videos names its CLIP models: beside the model, the pipeline uses the same
+        clip_models = dataset_file(dataset_path, CLIP_FEATURE_MODELS_FILE)
+        if clip_models is not None:
+            shutil.copyfile(clip_models, Path(training_args.output_dir) / CLIP_FEATURE_MODELS_FILE)
         if push_to_hub:
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
             model.push_to_hub(repo_id, private=training_args.hub_private_repo)
             processor.push_to_hub(repo_id, private=training_args.hub_private_repo)
+            if clip_models is not None:
+                HfApi().upload_file(path_or_fileobj=clip_models, path_in_repo=CLIP_FEATURE_MODELS_FILE, repo_id=repo_id)
         print(f"saved the trained model and processor to {training_args.output_dir}")
     return metrics
 
