@@ -519,7 +519,8 @@ def _build(args: argparse.Namespace, processes: Processes, started: float) -> Bu
     device = processes.device(args.device)
     featurizer = VideoFeaturizer.from_clip(args.clip_model, backend=args.clip_backend, clip_length=spec.clip_length,
                                            batch_size=args.batch_size, device=device, fp16=args.fp16, use_cache=False)
-    text_encoder = ClipTextEncoder(args.clip_model, device=device, fp16=args.fp16) if processes.rank == 0 else None
+    text_model = args.clip_text_model or args.clip_model
+    text_encoder = ClipTextEncoder(text_model, device=device, fp16=args.fp16) if processes.rank == 0 else None
     text_dim = text_encoder.feature_dim if text_encoder is not None else None
     spec = replace(spec, video_sources=(CLIP,)).with_dims(featurizer.feature_dims, text_dim)
 
@@ -548,7 +549,7 @@ def _build(args: argparse.Namespace, processes: Processes, started: float) -> Bu
     position = {job.vid: index for index, job in enumerate(jobs)}
     failures = sorted((f for share in gathered for f in share), key=lambda failure: position[failure.vid])
     report_path = args.report or output_dir.parent / f"{output_dir.name}.failures.jsonl"
-    clip_models = ClipFeatureModels(image_model=args.clip_model, text_model=args.clip_model,
+    clip_models = ClipFeatureModels(image_model=args.clip_model, text_model=text_model,
                                     image_backend=args.clip_backend, frames_per_clip=1)
     info, num_videos = merge(spec, by_split, jobs, failures, work, text_encoder, clip_models, args, output_dir,
                              report_path, not args.no_progress)
@@ -570,6 +571,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model, Hub id or folder (default: %(default)s)")
     group.add_argument("--clip-backend", choices=("transformers", "timm"), default="transformers",
                        help="image tower implementation (the text tower is always transformers')")
+    group.add_argument("--clip-text-model", help="another CLIP model for the text features (default: --clip-model)")
     group.add_argument("--clip-length", type=float, default=2.0, help="custom: seconds per clip (default: %(default)s)")
     group.add_argument("--device", default="auto", help="auto (this process's GPU when there is one), cpu, cuda:1, ...")
     group.add_argument("--fp16", action="store_true", help="half-precision CLIP (CUDA)")
