@@ -287,3 +287,20 @@ def test_cache_treats_a_corrupt_entry_as_a_miss_and_honours_the_environment(tmp_
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "elsewhere"))
     assert default_cache_dir() == tmp_path / "elsewhere"
     assert FeatureCache().cache_dir == tmp_path / "elsewhere"
+
+
+def test_videos_encoded_together_get_the_features_of_each_alone(colour_video, image_encoder, tmp_path):
+    # another frame size (so steps group clips by size) and steps of 3 clips, so that steps cross videos
+    other = write_video(tmp_path / "other.mp4", constant_rate(7, 10), red_from_4_to_6_s, size=(48, 32))
+    small_batches = ClipImageEncoder(image_encoder.identity["model"], batch_size=3, device="cpu")
+    extractor = VideoFeaturizer([small_batches, fake_slowfast(dim=6, frames_per_clip=2)], clip_length=2.0)
+    assert extractor.clips_per_step == 3
+    videos = [colour_video, other, colour_video]
+
+    together = extractor.encode([extractor.decode(path) for path in videos])
+
+    for path, features in zip(videos, together):
+        alone = extractor(path)
+        assert features.duration == alone.duration and list(features.features) == ["clip", "slowfast"]
+        for name in alone.features:
+            np.testing.assert_allclose(features.features[name], alone.features[name], rtol=0, atol=1e-6)
