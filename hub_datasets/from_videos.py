@@ -51,14 +51,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 
-from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE, ClipFeatureModels
+from processing.inference.pipeline import ClipFeatureModels
 from processing.video.clip_encoders import DEFAULT_CLIP_MODEL, ClipTextEncoder, resolve_device
 from processing.video.featurizer import DecodedVideo, VideoFeaturizer, decode_video
 
 from .annotations import AnnotationError, QueryRow, read_annotations
 from .build import (
     BuildReport,
-    OutputExistsError,
     _check_output,
     _hidden_sibling,
     _publish,
@@ -69,7 +68,7 @@ from .build import (
 )
 from .card import card_context, hub_metadata, render_card
 from .hub import INFO_FILE
-from .parquet_shards import MAX_SHARD_BYTES, ShardedParquetWriter
+from .parquet_shards import ShardedParquetWriter
 from .specs import CLIP, SPECS, DatasetSpec
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".flv")
@@ -88,7 +87,6 @@ class BuildSettingsError(ValueError):
 class VideoJob:
     vid: str
     path: str | None  # None: no file found
-    owner: str  # the first query that uses the video, for messages
 
 
 @dataclass
@@ -157,10 +155,8 @@ def find_video(videos_dir: Path, vid: str, video_path: str | None) -> str | None
 
 def video_jobs(rows: list[QueryRow], videos_dir: Path, video_paths: dict[str, str]) -> list[VideoJob]:
     """One job per video, in the order of the first query that uses it."""
-    owners = {}
-    for row in rows:
-        owners.setdefault(row.vid, row.describe())
-    return [VideoJob(vid, find_video(videos_dir, vid, video_paths.get(vid)), owner) for vid, owner in owners.items()]
+    vids = dict.fromkeys(row.vid for row in rows)
+    return [VideoJob(vid, find_video(videos_dir, vid, video_paths.get(vid))) for vid in vids]
 
 
 # ------------------------------------------------------------------------------------------------ decoding workers
@@ -200,7 +196,7 @@ def decoded_videos(jobs: list[VideoJob], featurizer: VideoFeaturizer, workers: i
 
 
 class WorkFolder:
-    """Work shards (`videos/*.npz`: vids, durations and one (L, D) feature array per video) and failure records."""
+    """Work shards: `videos/*.npz`, each the vids of a few videos and one (L, D) feature array per video."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -227,20 +223,23 @@ class WorkFolder:
     def shard_paths(self) -> list[Path]:
         return sorted(self.videos.glob("*.npz"))
 
-    def done_vids(self) -> set[str]:
-        done = set()
+    def index(self) -> Iterator[tuple[Path, str, int]]:
+        """(shard, vid, index in the shard) of every stored video, each vid once."""
+        seen = set()
         for path in self.shard_paths():
             with np.load(path, allow_pickle=False) as shard:
-                done.update(str(vid) for vid in shard["vids"])
-        return done
+                for index, vid in enumerate(str(vid) for vid in shard["vids"]):
+                    if vid not in seen:
+                        seen.add(vid)
+                        yield path, vid, index
 
-    def write_shard(self, name: str, vids: list[str], durations: list[float], features: list[np.ndarray]) -> Path:
+    def write_shard(self, name: str, vids: list[str], features: list[np.ndarray]) -> Path:
         target = self.videos / f"{name}.npz"
         descriptor, temporary = tempfile.mkstemp(dir=self.videos, prefix=f".{name}.", suffix=".tmp")
         try:
             with os.fdopen(descriptor, "wb") as file:
                 arrays = {f"video_{i}": array for i, array in enumerate(features)}
-                np.savez(file, vids=np.array(vids), durations=np.array(durations), **arrays)
+                np.savez(file, vids=np.array(vids), **arrays)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, target)
@@ -248,12 +247,6 @@ class WorkFolder:
             Path(temporary).unlink(missing_ok=True)
             raise
         return target
-
-    def features_by_vid(self) -> Iterator[tuple[str, float, np.ndarray]]:
-        for path in self.shard_paths():
-            with np.load(path, allow_pickle=False) as shard:
-                for index, vid in enumerate(shard["vids"]):
-                    yield str(vid), float(shard["durations"][index]), shard[f"video_{index}"]
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -315,7 +308,7 @@ def extract_share(jobs: list[VideoJob], featurizer: VideoFeaturizer, work: WorkF
     """Features of this process's videos into work shards; returns the videos that failed."""
     failures: list[Failure] = []
     pending: list[tuple[VideoJob, DecodedVideo]] = []
-    shard: dict[str, list] = {"vids": [], "durations": [], "features": []}
+    shard: dict[str, list] = {"vids": [], "features": []}
     shards_written = 0
     kill_after = int(os.environ.get(KILL_AFTER_SHARDS_ENV, "0"))
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -324,14 +317,13 @@ def extract_share(jobs: list[VideoJob], featurizer: VideoFeaturizer, work: WorkF
         for (job, _), features in zip(pending, featurizer.encode([video for _, video in pending])):
             matrix = features.concatenated()[:max_video_clips] if max_video_clips else features.concatenated()
             shard["vids"].append(job.vid)
-            shard["durations"].append(features.duration)
             shard["features"].append(matrix.astype(feature_dtype))
         pending.clear()
 
     def write_shard() -> None:
         nonlocal shards_written
         name = f"rank{processes.rank:03d}-{stamp}-{shards_written:06d}"
-        work.write_shard(name, shard["vids"], shard["durations"], shard["features"])
+        work.write_shard(name, shard["vids"], shard["features"])
         for values in shard.values():
             values.clear()
         shards_written += 1
@@ -403,7 +395,7 @@ def merge(spec: DatasetSpec, by_split: dict[str, list[QueryRow]], jobs: list[Vid
     try:
         # the work shards hold each video once; sorting their (vid, row) pairs by annotation order makes the folder
         # independent of how the videos were shared among processes
-        located = sorted(((order[vid], path, index) for path, vid, index in _shard_index(work) if vid in order),
+        located = sorted(((order[vid], path, index) for path, vid, index in work.index() if vid in order),
                          key=lambda item: item[0])
         videos = ShardedParquetWriter(staging / "data" / "videos", "train", video_features(spec, args.feature_dtype, False),
                                       args.max_shard_mb * 2**20)
@@ -449,17 +441,6 @@ def merge(spec: DatasetSpec, by_split: dict[str, list[QueryRow]], jobs: list[Vid
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return info, len(located)
-
-
-def _shard_index(work: WorkFolder) -> Iterator[tuple[Path, str, int]]:
-    """(shard, vid, index in the shard) of every stored video, each vid once."""
-    seen = set()
-    for path in work.shard_paths():
-        with np.load(path, allow_pickle=False) as shard:
-            for index, vid in enumerate(str(vid) for vid in shard["vids"]):
-                if vid not in seen:
-                    seen.add(vid)
-                    yield path, vid, index
 
 
 def write_report(path: Path, failures: list[Failure], by_split: dict[str, list[QueryRow]]) -> None:
@@ -529,7 +510,7 @@ def _build(args: argparse.Namespace, processes: Processes, started: float) -> Bu
         done = set()
         try:
             work.prepare(build_settings(featurizer, text_encoder, args.feature_dtype, args.max_video_clips))
-            done = work.done_vids()
+            done = {vid for _, vid, _ in work.index()}
             todo, problem = [job for job in jobs if job.vid not in done], None
         except BuildSettingsError as error:
             todo, problem = None, str(error)
