@@ -99,16 +99,15 @@ class Failure:
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def custom_spec(annotation_files: dict[str, Path], clip_length: float, max_video_clips: int | None) -> DatasetSpec:
-    """QVHighlights-format annotations of one's own videos: QVHighlights labels and metrics, any clip length."""
+def custom_spec(annotation_files: dict[str, Path]) -> DatasetSpec:
+    """QVHighlights-format annotations of one's own videos: QVHighlights labels and metrics (the clip length and
+    clip limit are the build's, not the registry's: see `merge`)."""
     first = _first_record(annotation_files["train"])
     qid_type = int if isinstance(first.get("qid"), int) and not isinstance(first.get("qid"), bool) else str
     return replace(
         SPECS["qvhighlights"],
         split_files={split: str(path.absolute()) for split, path in annotation_files.items()},
         qid_type=qid_type,
-        clip_length=float(clip_length),
-        max_video_clips=max_video_clips,
         audio_source=None,
     )
 
@@ -379,8 +378,8 @@ def build_command(args: argparse.Namespace) -> str:
 
 
 def merge(spec: DatasetSpec, by_split: dict[str, list[QueryRow]], jobs: list[VideoJob], failures: list[Failure],
-          work: WorkFolder, text_encoder: ClipTextEncoder, clip_models: ClipFeatureModels, args: argparse.Namespace,
-          output_dir: Path, report_path: Path, progress: bool) -> tuple[dict, int]:
+          work: WorkFolder, text_encoder: ClipTextEncoder, clip_models: ClipFeatureModels, clip_length: float,
+          args: argparse.Namespace, output_dir: Path, report_path: Path, progress: bool) -> tuple[dict, int]:
     """Process 0: the final folder from the work shards (videos in annotation order), text features, card."""
     failed = {failure.vid for failure in failures}
     order = {job.vid: index for index, job in enumerate(jobs)}
@@ -422,6 +421,8 @@ def merge(spec: DatasetSpec, by_split: dict[str, list[QueryRow]], jobs: list[Vid
             writer.close()
 
         info = dataset_info(spec, kept_rows, args.feature_dtype, False, args.max_video_clips, longest)
+        if args.name == "custom":  # one's own videos: no official clip length or clip limit applies
+            info.update(clip_length=clip_length, max_video_clips=args.max_video_clips or longest)
         info["video_source"] = "raw videos, CLIP features extracted by lddetr"
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         clip_models.save(staging)
@@ -474,7 +475,7 @@ def _read_inputs(args: argparse.Namespace) -> tuple[DatasetSpec, dict[str, list[
             raise ValueError("custom needs --annotations TRAIN.jsonl (and optionally --validation-annotations, --test-annotations)")
         files = {"train": args.annotations}
         files.update({split: path for split, path in (("validation", args.validation_annotations), ("test", args.test_annotations)) if path})
-        spec = custom_spec(files, args.clip_length, args.max_video_clips)
+        spec = custom_spec(files)
         annotations_dir = Path(".")
     else:
         if args.annotations_dir is None:
@@ -498,7 +499,8 @@ def _build(args: argparse.Namespace, processes: Processes, started: float) -> Bu
     jobs = video_jobs(rows, args.videos_dir, video_path_fields(spec, annotations_dir))
 
     device = processes.device(args.device)
-    featurizer = VideoFeaturizer.from_clip(args.clip_model, backend=args.clip_backend, clip_length=spec.clip_length,
+    clip_length = args.clip_length if args.name == "custom" else spec.clip_length
+    featurizer = VideoFeaturizer.from_clip(args.clip_model, backend=args.clip_backend, clip_length=clip_length,
                                            batch_size=args.batch_size, device=device, fp16=args.fp16, use_cache=False)
     text_model = args.clip_text_model or args.clip_model
     text_encoder = ClipTextEncoder(text_model, device=device, fp16=args.fp16) if processes.rank == 0 else None
@@ -532,8 +534,8 @@ def _build(args: argparse.Namespace, processes: Processes, started: float) -> Bu
     report_path = args.report or output_dir.parent / f"{output_dir.name}.failures.jsonl"
     clip_models = ClipFeatureModels(image_model=args.clip_model, text_model=text_model,
                                     image_backend=args.clip_backend, frames_per_clip=1)
-    info, num_videos = merge(spec, by_split, jobs, failures, work, text_encoder, clip_models, args, output_dir,
-                             report_path, not args.no_progress)
+    info, num_videos = merge(spec, by_split, jobs, failures, work, text_encoder, clip_models, featurizer.clip_length,
+                             args, output_dir, report_path, not args.no_progress)
     shutil.rmtree(work.path, ignore_errors=True)
     for failure in failures:
         print(f"skipped video {failure.vid!r}: {failure.reason}", file=sys.stderr)
