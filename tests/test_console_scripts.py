@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import TINY_SIZES
+from helpers import TINY_SIZES, constant_rate, write_video
 from test_hub_datasets import output_dir, write_tree
 
 from hub_datasets import load_lddetr_dataset
@@ -18,7 +18,6 @@ from modeling_lddetr import LDDetrModel, LDDetrProcessor
 from modeling_lddetr.convert_official_checkpoint import OFFICIAL_CHECKPOINT_GLOBALS, load_official_checkpoint
 from modeling_lddetr.convert_official_checkpoint import main as convert_main
 from processing.inference import predict
-from tests.test_video_features import constant_rate, tiny_clip_dir, write_video  # noqa: F401
 from tests.test_video_pipeline import model_dir, red_from_8_to_12_s  # noqa: F401
 from training_scripts.train import model_config_for
 

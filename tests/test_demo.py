@@ -14,11 +14,11 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import yaml
+from helpers import constant_rate, write_video
 from packaging.requirements import Requirement
 
 from processing.demo.app import MomentSearch, build_demo, launch, load_pipeline, moment_label, parse_queries
 from processing.video import featurizer
-from tests.test_video_features import constant_rate, tiny_clip_dir, write_video  # noqa: F401
 from tests.test_video_pipeline import model_dir, red_from_8_to_12_s  # noqa: F401
 
 BROWSER_FLAGS = [
