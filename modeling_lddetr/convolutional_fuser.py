@@ -12,6 +12,7 @@ from torch import nn
 
 from .attention import MultiheadAttention
 from .configuration_lddetr import LDDetrConfig
+from .dropout import Dropout
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -31,7 +32,7 @@ class V2TExtractor(nn.Module):
         self.pool_weight = nn.Parameter(torch.empty(d, 1))
         self.context_query_proj = nn.Linear(4 * d, d)
         self.pool_proj = nn.Linear(2 * d, d)
-        self.dropout = nn.Dropout(config.context_query_dropout)
+        self.dropout = Dropout(config.context_query_dropout)
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, video_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         context, query = self.dropout(video), self.dropout(text)  # dropout only inside the trilinear score
@@ -57,7 +58,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(config.hidden_size, config.ffn_dim)
         self.activation = nn.PReLU()
-        self.dropout = nn.Dropout(config.activation_dropout)
+        self.dropout = Dropout(config.activation_dropout)
         self.linear2 = nn.Linear(config.ffn_dim, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,8 +74,8 @@ class _AttentionFeedForwardLayer(nn.Module):
         self.norm1 = nn.LayerNorm(config.hidden_size)
         self.norm2 = nn.LayerNorm(config.hidden_size)
         self.ffn = FeedForward(config)
-        self.dropout1 = nn.Dropout(config.hidden_dropout)
-        self.dropout2 = nn.Dropout(config.hidden_dropout)
+        self.dropout1 = Dropout(config.hidden_dropout)
+        self.dropout2 = Dropout(config.hidden_dropout)
 
 
 class T2VEncoderLayer(_AttentionFeedForwardLayer):

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import MultiheadAttention
 from .configuration_lddetr import LDDetrConfig
+from .dropout import Dropout
 from .position_encoding import anchor_sine_embedding
 from .span_ops import inverse_sigmoid
 
@@ -68,10 +69,10 @@ class AnchorDecoderLayer(nn.Module):
         self.activation = nn.PReLU()
         self.linear2 = nn.Linear(config.ffn_dim, d)
         self.norm3 = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.activation_dropout)
-        self.dropout1 = nn.Dropout(config.hidden_dropout)
-        self.dropout2 = nn.Dropout(config.hidden_dropout)
-        self.dropout3 = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.activation_dropout)
+        self.dropout1 = Dropout(config.hidden_dropout)
+        self.dropout2 = Dropout(config.hidden_dropout)
+        self.dropout3 = Dropout(config.hidden_dropout)
         self.num_heads = heads
 
     def _concat_per_head(self, content: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

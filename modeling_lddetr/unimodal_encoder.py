@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from .dropout import Dropout
+
 
 class UnimodalEncoder(nn.Module):
     """LayerNorm -> Dropout -> Linear -> ReLU -> LayerNorm -> Dropout -> Linear, as the official encoder."""
@@ -10,10 +12,10 @@ class UnimodalEncoder(nn.Module):
     def __init__(self, input_dim: int, hidden_size: int, dropout: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(input_dim)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.linear1 = nn.Linear(input_dim, hidden_size)
         self.norm2 = nn.LayerNorm(hidden_size)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.linear2 = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
