@@ -208,6 +208,8 @@ def test_autocast_training_step_has_no_nan(dtype):
         (lambda i: i["video_attention_mask"][1].zero_(), "no valid clip"),
         (lambda i: i["text_attention_mask"][0].zero_(), "no valid token"),
         (lambda i: i["video_features"].__setitem__((0, 1, 3), float("nan")), "NaN"),
+        (lambda i: i["text_features"].__setitem__((1, 0, 2), float("-inf")), "text_features contain NaN or inf"),
+        (lambda i: i["video_features"].__setitem__((1, 2, 0), float("inf")), "video_features contain NaN or inf"),
         (lambda i: i.update(video_attention_mask=i["video_attention_mask"][:, :-1]), "masks must match"),
     ],
 )
