@@ -82,31 +82,36 @@ class AnchorDecoderLayer(nn.Module):
         position = position.view(batch, length, self.num_heads, d // self.num_heads)
         return torch.cat([content, position], dim=-1).view(batch, length, 2 * d)
 
+    def memory_keys_values(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys (B, L, 2d) and values (B, L, d) of the clips. They depend on the memory only, so
+        the Loop Decoder computes them once per forward for all its passes."""
+        k_pos = self.cross_attn_key_pos_proj(memory_pos)
+        k = self.cross_attn_key_content_proj(memory)
+        if self.is_first:
+            k = k + k_pos
+        return self._concat_per_head(k, k_pos), self.cross_attn_value_proj(memory)
+
     def forward(
         self,
         queries: torch.Tensor,
-        memory: torch.Tensor,
+        memory_keys: torch.Tensor,
+        memory_values: torch.Tensor,
         memory_mask: torch.Tensor,
-        memory_pos: torch.Tensor,
         query_pos: torch.Tensor,
         query_sine_embed: torch.Tensor,
     ) -> torch.Tensor:
-        """queries (B, Q, d), memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d),
-        query_pos (B, Q, d), query_sine_embed (B, Q, d) -> (B, Q, d)."""
+        """queries (B, Q, d), memory_keys (B, L, 2d) and memory_values (B, L, d) from `memory_keys_values`,
+        memory_mask (B, L) bool, query_pos (B, Q, d), query_sine_embed (B, Q, d) -> (B, Q, d)."""
         q = self.self_attn_query_content_proj(queries) + self.self_attn_query_pos_proj(query_pos)
         k = self.self_attn_key_content_proj(queries) + self.self_attn_key_pos_proj(query_pos)
         attended = self.self_attn(q, k, self.self_attn_value_proj(queries))
         queries = self.norm1(queries + self.dropout1(attended))
 
         q = self.cross_attn_query_content_proj(queries)
-        k = self.cross_attn_key_content_proj(memory)
-        k_pos = self.cross_attn_key_pos_proj(memory_pos)
         if self.is_first:
             q = q + self.cross_attn_query_pos_proj(query_pos)
-            k = k + k_pos
         q = self._concat_per_head(q, self.cross_attn_query_pos_sine_proj(query_sine_embed))
-        k = self._concat_per_head(k, k_pos)
-        attended = self.cross_attn(q, k, self.cross_attn_value_proj(memory), key_mask=memory_mask)
+        attended = self.cross_attn(q, memory_keys, memory_values, key_mask=memory_mask)
         queries = self.norm2(queries + self.dropout2(attended))
 
         ffn = self.linear2(self.dropout(self.activation(self.linear1(queries))))
@@ -127,14 +132,27 @@ class AnchorDecoder(nn.Module):
         self.anchor_offset_head = MLP(d, d, 2, 3)  # shared by all layers
         self.anchor_width_head = MLP(d, d, 1, 2)
 
+    def memory_keys_values(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's cross-attention keys and values of the clips (see `AnchorDecoderLayer.memory_keys_values`)."""
+        return [layer.memory_keys_values(memory, memory_pos) for layer in self.layers]
+
     def forward(
-        self, queries: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor, anchors_unsigmoid: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        memory_pos: torch.Tensor,
+        anchors_unsigmoid: torch.Tensor,
+        memory_keys_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries (B, Q, d), anchors_unsigmoid (B, Q, 2) ->
+        """queries (B, Q, d), memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d), anchors_unsigmoid
+        (B, Q, 2); memory_keys_values: `self.memory_keys_values(memory, memory_pos)` if already computed ->
         hidden_states (layers, B, Q, d) normalised, reference_anchors (layers, B, Q, 2): the anchor each layer got."""
+        if memory_keys_values is None:
+            memory_keys_values = self.memory_keys_values(memory, memory_pos)
         anchors = anchors_unsigmoid.sigmoid()
         hidden_states, reference_anchors = [], [anchors]
-        for i, layer in enumerate(self.layers):
+        for i, (layer, (memory_keys, memory_values)) in enumerate(zip(self.layers, memory_keys_values)):
             sine_embed = anchor_sine_embedding(anchors, self.hidden_size)  # (B, Q, d)
             query_pos = self.anchor_position_head(sine_embed)
             if i > 0:
@@ -142,7 +160,7 @@ class AnchorDecoder(nn.Module):
             # width-modulated attention: scale by predicted width / anchor width
             width_ratio = self.anchor_width_head(queries).sigmoid()[..., 0] / anchors[..., 1]
             sine_embed = sine_embed * width_ratio[..., None]
-            queries = layer(queries, memory, memory_mask, memory_pos, query_pos, sine_embed)
+            queries = layer(queries, memory_keys, memory_values, memory_mask, query_pos, sine_embed)
 
             new_anchors = (self.anchor_offset_head(queries) + inverse_sigmoid(anchors)).sigmoid()
             if i < len(self.layers) - 1:
@@ -167,7 +185,10 @@ class LoopDecoder(nn.Module):
         batch = memory.shape[0]
         queries = memory.new_zeros(batch, self.anchor_embed.num_embeddings, memory.shape[-1])  # (B, Q, d)
         anchors_unsigmoid = self.anchor_embed.weight[None].expand(batch, -1, -1)  # (B, Q, 2)
+        memory_keys_values = self.decoder.memory_keys_values(memory, memory_pos)  # the same for every pass
         for _ in range(self.num_loops):
-            hidden_states, reference_anchors = self.decoder(queries, memory, memory_mask, memory_pos, anchors_unsigmoid)
+            hidden_states, reference_anchors = self.decoder(
+                queries, memory, memory_mask, memory_pos, anchors_unsigmoid, memory_keys_values=memory_keys_values
+            )
             queries = hidden_states[-1]
         return hidden_states, reference_anchors
