@@ -171,7 +171,7 @@ class ConvolutionalFuser(nn.Module):
             x = layer(x, video_pos, video_mask)
         if len(self.convolutional_blocks):
             conv_mask = video_mask[:, None, :].to(x.dtype)  # (B, 1, L)
-            h = x.transpose(1, 2)
+            h = x.transpose(1, 2).contiguous()  # a strided view would send Conv1d (and its backward) down a slow path
             for block in self.convolutional_blocks:
                 h = block(h, conv_mask)
             x = h.transpose(1, 2).to(x.dtype)
