@@ -315,7 +315,9 @@ class LDDetrModel(LDDetrPreTrainedModel):
                 self._training_progress,
             )
 
-        video_pos = self.video_position(video_mask)  # (B, L, d)
+        # in the features' dtype (bf16 under autocast), so that the sums with it do not turn the activations back to
+        # fp32 and every projection after them re-casts them
+        video_pos = self.video_position(video_mask).to(video.dtype)  # (B, L, d)
         memory = self.convolutional_fuser(video, text, video_mask, text_mask, video_pos)  # (B, L, d)
 
         hidden_states, reference_anchors = self.loop_decoder(memory, video_mask, video_pos)

@@ -74,7 +74,8 @@ class HighlightDetectionHead(nn.Module):
     ) -> torch.Tensor:
         """logits, spans (B, Q, 2) of the last layer; memory, video (B, L, d); video_mask (B, L) -> saliency (B, L)."""
         batch, padded_length, d = video.shape
-        start, count = self._moment_clip_range(logits.detach(), spans.detach(), video_mask)
+        # fp32: under bf16 autocast the floors of bf16 spans would move moments by a clip
+        start, count = self._moment_clip_range(logits.detach().float(), spans.detach().float(), video_mask)
         steps = torch.arange(padded_length, device=video.device)[None, :]  # (1, L)
         gather_idx = (start[:, None] + steps).clamp(max=padded_length - 1)  # (B, L)
         moment = video.gather(1, gather_idx[..., None].expand(-1, -1, d))
