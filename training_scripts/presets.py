@@ -1,7 +1,10 @@
 """The paper's recipes (reference §4) as presets: model overrides and TrainingArguments defaults.
 
-Common: AdamW lr 1e-4, weight decay 1e-4, batch 32, cosine schedule stepped once per epoch (no warm-up),
-gradient clipping 0.1, evaluation and checkpoint every epoch, best checkpoint by the official MR-full-mAP.
+Common: AdamW lr 1e-4 over every trainable parameter in one group with weight decay 1e-4, batch 32, cosine
+annealing stepped once per epoch (no warm-up), gradient clipping 0.1, evaluation and checkpoint every epoch, best
+checkpoint by the official MR-full-mAP. `lr_scheduler_type`, `lr_scheduler_per_epoch` and
+`weight_decay_all_parameters` (fields of `LDDetrTrainingArguments`) make the optimizer and schedule the official ones
+(transformers' defaults differ: linear decay per step, no decay of biases and norm weights).
 """
 
 from modeling_lddetr.dataset_types import DATASET_TYPES
@@ -13,6 +16,9 @@ COMMON_TRAINING = dict(
     per_device_eval_batch_size=32,
     max_grad_norm=0.1,
     warmup_steps=0,
+    lr_scheduler_type="cosine",
+    lr_scheduler_per_epoch=True,
+    weight_decay_all_parameters=True,
     eval_strategy="epoch",
     save_strategy="epoch",
     save_total_limit=2,

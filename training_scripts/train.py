@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, set_seed
 
 from hub_datasets import load_lddetr_dataset
 from hub_datasets.demo import demo_dataset_path
@@ -28,7 +28,7 @@ from modeling_lddetr.collator_lddetr import LDDetrDataCollator
 from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE
 from training_scripts.metrics_table import format_table
 from training_scripts.presets import COMMON_TRAINING, PRESETS, preset_for_dataset
-from training_scripts.trainer import LDDetrTrainer
+from training_scripts.trainer import LDDetrTrainer, LDDetrTrainingArguments
 
 
 @dataclass
@@ -69,9 +69,9 @@ def select_domain(queries, domain: str):
     return selected
 
 
-def parse_training_arguments(remaining: list[str], preset: str) -> TrainingArguments:
-    """TrainingArguments from the command line, with the preset's values as defaults."""
-    parser = HfArgumentParser(TrainingArguments)
+def parse_training_arguments(remaining: list[str], preset: str) -> LDDetrTrainingArguments:
+    """LDDetrTrainingArguments from the command line, with the preset's values as defaults."""
+    parser = HfArgumentParser(LDDetrTrainingArguments)
     parser.set_defaults(**dict(COMMON_TRAINING, output_dir="lddetr-output", seed=42, **PRESETS[preset]["training"]))
     # without a GPU: pinned memory only warns, and use_cpu is what makes torchrun's processes one gloo DDP job
     # (with a CUDA build of torch on a CPU machine, Trainer otherwise runs each process alone)

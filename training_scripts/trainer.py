@@ -3,8 +3,11 @@
 What it adds to Trainer:
 - the model's weighted loss (moment retrieval, saliency, Distill Align alignment and sim terms), with every term
   logged (averaged over the logging interval and over processes);
-- the distillation-coefficient warm-up over the first epoch, driven by the training progress;
-- the official cosine schedule, stepped once per epoch (CosineAnnealingLR(T_max=epochs) of the official code);
+- the distillation-coefficient warm-up over the first epoch by batch index, as the official loop
+  (coefficient · batch_index / batches_per_epoch; micro-batches of gradient accumulation count as batches);
+- with `LDDetrTrainingArguments`, the official optimizer and schedule: AdamW over every trainable parameter in one
+  group with one weight decay (`weight_decay_all_parameters`), and the cosine annealed once per epoch
+  (`lr_scheduler_per_epoch`: CosineAnnealingLR(T_max=epochs) of the official code);
 - evaluation with the official metrics (QVHighlights MR/HD, Charades-STA/TACoS R1/mIoU, TVSum mAP), so that
   `metric_for_best_model` can be `MR-full-mAP`;
 - checkpoints that keep the Distill Align queues and pointer, so that a resumed run continues exactly.
@@ -13,11 +16,12 @@ What it adds to Trainer:
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
 from accelerate.utils import gather_object
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from processing.evaluation.metrics import evaluate_submission
@@ -35,6 +39,27 @@ def epoch_cosine_schedule(optimizer, steps_per_epoch: int, num_epochs: int) -> L
     return LambdaLR(optimizer, factor)
 
 
+@dataclass
+class LDDetrTrainingArguments(TrainingArguments):
+    """TrainingArguments plus the two switches of the official optimizer and schedule (off by default, as in
+    transformers; the presets of train.py turn both on)."""
+
+    lr_scheduler_per_epoch: bool = field(
+        default=False,
+        metadata={
+            "help": "with lr_scheduler_type cosine and no warm-up: anneal once per epoch, the lr constant within an "
+            "epoch (the official CosineAnnealingLR(T_max=epochs)); other schedules and warm-ups step as in transformers"
+        },
+    )
+    weight_decay_all_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "one parameter group: weight decay on every trainable parameter, biases and norms included (the "
+            "official AdamW); false: transformers' grouping, which leaves biases and norm weights undecayed"
+        },
+    )
+
+
 class LDDetrTrainer(Trainer):
     # the model's loss is a per-batch mean: let Trainer divide by the gradient-accumulation steps
     loss_is_scaled_for_ga = False
@@ -44,22 +69,49 @@ class LDDetrTrainer(Trainer):
         self.dataset_type = dataset_type
         self.clip_length = clip_length
         self._loss_terms = defaultdict(list)
+        self._update_steps_per_epoch: int | None = None
+        self._num_epochs: int | None = None
+        self._micro_batches_of_step = (-1, 0)  # (global step, micro-batches already run in it)
+
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        # Trainer's own epoch arithmetic (per process, after gradient accumulation), for the per-epoch schedule
+        self._num_epochs, self._update_steps_per_epoch = values[0], values[1]
+        return values
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and getattr(self.args, "weight_decay_all_parameters", False):
+            opt_model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            group = {"params": [p for p in opt_model.parameters() if p.requires_grad], "weight_decay": self.args.weight_decay}
+            self.optimizer = optimizer_cls([group], **optimizer_kwargs)
+        return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None and self.args.lr_scheduler_type == "cosine" and self.args.max_steps <= 0:
-            batches = math.ceil(len(self.train_dataset) / (self.args.train_batch_size * self.args.world_size))
-            steps_per_epoch = max(1, batches // self.args.gradient_accumulation_steps)
-            num_epochs = math.ceil(self.args.num_train_epochs)
-            self.lr_scheduler = epoch_cosine_schedule(optimizer or self.optimizer, steps_per_epoch, num_epochs)
+        per_epoch = (
+            getattr(self.args, "lr_scheduler_per_epoch", False)
+            and self.args.lr_scheduler_type == "cosine"
+            and self.args.get_warmup_steps(num_training_steps) == 0
+        )
+        if self.lr_scheduler is None and per_epoch:
+            self.lr_scheduler = epoch_cosine_schedule(optimizer or self.optimizer, self._update_steps_per_epoch, self._num_epochs)
             self._created_lr_scheduler = True
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # training progress by batch index, as the official warm-up: state.epoch counts the batches of the optimizer
+        # steps done, plus the micro-batches already run in this step
+        step, micro_batches = self._micro_batches_of_step
+        if step != self.state.global_step:
+            step, micro_batches = self.state.global_step, 0
+        progress = (self.state.epoch or 0.0) + micro_batches / len(self.callback_handler.train_dataloader)
+        self.accelerator.unwrap_model(model).set_training_progress(progress)
+        self._micro_batches_of_step = (step, micro_batches + 1)
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {k: v for k, v in inputs.items() if k != "meta"}
-        unwrapped = self.accelerator.unwrap_model(model)
-        if model.training:
-            unwrapped.set_training_progress(self.state.epoch or 0.0)
         outputs = model(**inputs)
         if model.training:
             for name, value in outputs.loss_dict.items():
@@ -71,7 +123,7 @@ class LDDetrTrainer(Trainer):
             # every rank logs at the same steps, so the reduction is a safe collective
             for name, values in sorted(self._loss_terms.items()):
                 mean = torch.stack(values).mean()
-                logs[name] = round(self.accelerator.reduce(mean, reduction="mean").item(), 4)
+                logs[name] = self.accelerator.reduce(mean, reduction="mean").item()
             self._loss_terms.clear()
         super().log(logs, start_time)
 
