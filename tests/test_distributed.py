@@ -1,5 +1,6 @@
 """DDP on CPU (gloo, 2 processes): ranks stay identical and the queues see the global batch."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -31,6 +32,7 @@ def _run(tmp_path, sync_batchnorm):
     return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
 
 
+@pytest.mark.slow
 def test_ddp_ranks_hold_identical_weights_and_queues(tmp_path):
     state0, state1 = _run(tmp_path, sync_batchnorm=True)
     for key in state0:

@@ -3,7 +3,6 @@ cases, cross-checks against plain loops (and sklearn's precision-recall curve), 
 module and the lddetr-eval command."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +74,8 @@ def full_map(submission, ground_truth, threshold="0.5"):
 
 
 def test_reproduces_the_official_report(reference):
-    start = time.perf_counter()
-    report = eval_qvhighlights(reference["submission"], reference["ground_truth"])
-    elapsed = time.perf_counter() - start
-    assert_same_report(reference["report"], report)
-    assert elapsed < 10, f"the reference evaluation took {elapsed:.1f} s"
+    # its speed is a benchmark figure: benchmarks/bench_metrics.py
+    assert_same_report(reference["report"], eval_qvhighlights(reference["submission"], reference["ground_truth"]))
 
 
 def test_shuffled_submission_gives_the_same_report(reference):

@@ -256,3 +256,25 @@ def test_torch_compile_forward_matches_eager():
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(**inputs).pred_spans, model(**inputs).pred_spans, atol=1e-5, rtol=0)
+
+
+def test_queue_logits_backward_passes_gradcheck():
+    """The custom backward of query @ queue, also when an enqueue overwrote queue columns after the forward."""
+    from modeling_lddetr.distill_align import _QueueLogits, _QueueSnapshot
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    original = torch.randn(4, 6, dtype=torch.float64, generator=generator)
+
+    def logits_then_enqueue(query):
+        snapshot = _QueueSnapshot(original.clone())
+        logits = _QueueLogits.apply(query, snapshot)
+        # what DistillAlign._enqueue does between the loss and the backward
+        snapshot.columns = torch.tensor([4, 5, 0])
+        snapshot.old_values = snapshot.queue[:, snapshot.columns]
+        snapshot.queue[:, snapshot.columns] = torch.randn(4, 3, dtype=torch.float64, generator=generator)
+        snapshot.version_after_enqueue = snapshot.queue._version
+        return logits
+
+    assert torch.autograd.gradcheck(lambda q: _QueueLogits.apply(q, _QueueSnapshot(original)), (query,))
+    assert torch.autograd.gradcheck(logits_then_enqueue, (query,))

@@ -13,6 +13,8 @@ from modeling_lddetr.convert_official_checkpoint import config_from_official_che
 from training_scripts.train import parse_training_arguments
 from training_scripts.trainer import LDDetrTrainer
 
+pytestmark = pytest.mark.slow  # the replay trains 9 steps of the official-size model
+
 LOSS_TERMS = ["loss_span", "loss_giou", "loss_label", "loss_align", "loss_sim", "loss_saliency", "loss_span_0", "loss_giou_0", "loss_label_0"]
 
 
