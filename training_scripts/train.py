@@ -7,12 +7,13 @@
 
 `--dataset` is a folder written by `lddetr-build-dataset` or a Hub dataset id. Any `TrainingArguments` field can be
 overridden (`--num_train_epochs 5`, `--bf16 true`, `--resume_from_checkpoint DIR`, ...); the preset only sets their
-defaults. The final model (without the Distill Align queues) and processor are saved to `--output_dir`.
+defaults. The final model (without the Distill Align queues), processor and model card are saved to `--output_dir`.
 Run as a file (torchrun, accelerate launch), it imports the installed package (`pip install -e .`); from the
 repository root, launchers' `-m training_scripts.train` needs no install.
 """
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from modeling_lddetr import LDDetrConfig, LDDetrModel, LDDetrProcessor
 from modeling_lddetr.collator_lddetr import LDDetrDataCollator
 from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE
 from training_scripts.metrics_table import format_table
+from training_scripts.model_card import model_card
 from training_scripts.presets import COMMON_TRAINING, PRESETS, preset_for_dataset
 from training_scripts.trainer import LDDetrTrainer, LDDetrTrainingArguments
 
@@ -81,11 +83,25 @@ def parse_training_arguments(remaining: list[str], preset: str) -> LDDetrTrainin
     return training_args
 
 
+def official_metrics(metrics: dict, prefix: str) -> dict:
+    """The official metrics of an evaluation (not the loss terms), without the prefix."""
+    return {k.removeprefix(f"{prefix}_"): v for k, v in metrics.items() if not k.startswith(f"{prefix}_loss") and k != "epoch"}
+
+
 def print_metrics(trainer: LDDetrTrainer, title: str, metrics: dict, prefix: str) -> None:
-    """The official metrics (not the loss terms) as a table, once."""
+    """The official metrics as a table, once."""
     if trainer.is_world_process_zero():
-        shown = {k.removeprefix(f"{prefix}_"): v for k, v in metrics.items() if not k.startswith(f"{prefix}_loss") and k != "epoch"}
-        print(f"\n{title}\n{format_table(shown)}", flush=True)
+        print(f"\n{title}\n{format_table(official_metrics(metrics, prefix))}", flush=True)
+
+
+def describe_saved_model(trainer: LDDetrTrainer) -> str:
+    """Which epoch's model training ends with: the best by metric_for_best_model when it is loaded at the end."""
+    state, args = trainer.state, trainer.args
+    if args.load_best_model_at_end and state.best_model_checkpoint:
+        key = args.metric_for_best_model if args.metric_for_best_model.startswith("eval_") else f"eval_{args.metric_for_best_model}"
+        best_epoch = next(entry["epoch"] for entry in state.log_history if entry.get(key) == state.best_metric)
+        return f"epoch {best_epoch:g} of {args.num_train_epochs:g}, the best by {args.metric_for_best_model}"
+    return f"the last model, epoch {round(state.epoch or 0, 2):g}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(argv: list[str] | None = None) -> dict:
     """Run the training the command line describes; returns the final evaluation metrics."""
+    argv = sys.argv[1:] if argv is None else argv
     script_args, remaining = HfArgumentParser(ScriptArguments).parse_known_args(argv)
     dataset_path = script_args.dataset or str(demo_dataset_path())
     queries, videos, info = load_lddetr_dataset(dataset_path)
@@ -142,7 +159,8 @@ def train(argv: list[str] | None = None) -> dict:
         print_metrics(trainer, f"{eval_split} metrics before training", initial, "initial")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
-    print_metrics(trainer, f"{eval_split} metrics of the final model", metrics, "eval")
+    which_model = describe_saved_model(trainer)
+    print_metrics(trainer, f"{eval_split} metrics of the saved model ({which_model})", metrics, "eval")
 
     if trainer.is_world_process_zero():
         model.save_pretrained(training_args.output_dir)  # inference export: no queues
@@ -151,13 +169,19 @@ def train(argv: list[str] | None = None) -> dict:
         clip_models = dataset_file(dataset_path, CLIP_FEATURE_MODELS_FILE)
         if clip_models is not None:
             shutil.copyfile(clip_models, Path(training_args.output_dir) / CLIP_FEATURE_MODELS_FILE)
+        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+        card = model_card(
+            model_id=repo_id if push_to_hub else training_args.output_dir, dataset=script_args.dataset, info=info, preset=preset,
+            arguments=argv, training_args=training_args, metrics=official_metrics(metrics, "eval"), which_model=which_model, eval_split=eval_split,
+        )
+        card.save(Path(training_args.output_dir) / "README.md")
         if push_to_hub:
-            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
             model.push_to_hub(repo_id, private=training_args.hub_private_repo)
             processor.push_to_hub(repo_id, private=training_args.hub_private_repo)
             if clip_models is not None:
                 HfApi().upload_file(path_or_fileobj=clip_models, path_in_repo=CLIP_FEATURE_MODELS_FILE, repo_id=repo_id)
-        print(f"saved the trained model and processor to {training_args.output_dir}")
+            card.push_to_hub(repo_id)
+        print(f"saved the trained model, processor and model card to {training_args.output_dir}")
     return metrics
 
 

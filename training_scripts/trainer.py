@@ -59,6 +59,11 @@ class LDDetrTrainingArguments(TrainingArguments):
         },
     )
 
+    @property
+    def anneals_per_epoch(self) -> bool:
+        """Whether the schedule is the official one: lr_scheduler_per_epoch, cosine, no warm-up."""
+        return self.lr_scheduler_per_epoch and self.lr_scheduler_type == "cosine" and self.warmup_steps == 0
+
 
 class LDDetrTrainer(Trainer):
     # the model's loss is a per-batch mean: let Trainer divide by the gradient-accumulation steps
@@ -88,12 +93,7 @@ class LDDetrTrainer(Trainer):
         return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        per_epoch = (
-            getattr(self.args, "lr_scheduler_per_epoch", False)
-            and self.args.lr_scheduler_type == "cosine"
-            and self.args.get_warmup_steps(num_training_steps) == 0
-        )
-        if self.lr_scheduler is None and per_epoch:
+        if self.lr_scheduler is None and getattr(self.args, "anneals_per_epoch", False):
             self.lr_scheduler = epoch_cosine_schedule(optimizer or self.optimizer, self._update_steps_per_epoch, self._num_epochs)
             self._created_lr_scheduler = True
             return self.lr_scheduler
