@@ -1,4 +1,4 @@
-"""The paper's recipes (reference §4) as presets: model overrides and TrainingArguments defaults.
+"""The paper's recipes (the official training loop's settings) as presets: model overrides and TrainingArguments defaults.
 
 Common: AdamW lr 1e-4 over every trainable parameter in one group with weight decay 1e-4, batch 32, cosine
 annealing stepped once per epoch (no warm-up), gradient clipping 0.1, evaluation and checkpoint every epoch, best
