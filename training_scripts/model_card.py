@@ -71,7 +71,7 @@ loop decoder whose output is fed back as its next queries.
 ## Data
 
 - dataset: `{dataset_name}` ({info["dataset_type"]}), trained on `train`, evaluated on `{eval_split}`
-- video features per {info["clip_length"]:g}-s clip: {features}, plus 2 temporal-endpoint columns; text: CLIP token features ({info["text_feature_dim"]})
+- video features per {info["clip_length"]:g}-s clip: {features}, plus 2 temporal-endpoint columns; text: token features ({info["text_feature_dim"]})
 - at most {info["max_video_clips"]} clips per video and {info["max_text_tokens"]} tokens per query
 
 ## Training recipe
@@ -90,9 +90,7 @@ The model in this folder is {which_model}. Metrics on `{eval_split}` with the of
 
 ## How to use
 
-```bash
-pip install "lddetr @ git+https://github.com/<the lddetr repository>"   # or: pip install -e . in a checkout
-```
+With the `lddetr` package installed (`pip install -e .` in a checkout of its repository):
 
 ```python
 from modeling_lddetr import LDDetrModel, LDDetrProcessor
