@@ -558,6 +558,7 @@ def _clips_and_saliency(queries, videos, row_of_video):
         yield np.c_[clips, np.ones(len(clips))], saliency
 
 
+@pytest.mark.slow
 def test_demo_saliency_generalises_from_train_to_validation(demo_path):
     """A linear probe on the normalised clip features, fit on train, finds a relevant clip in new validation videos."""
     queries, videos, _ = load_lddetr_dataset(demo_path)

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from unittest import mock
 
+import pytest
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.hf_api import RepoUrl
@@ -27,6 +28,7 @@ def _trained_model():
     return model.eval(), inputs
 
 
+@pytest.mark.slow
 def test_round_trip_keeps_outputs_and_drops_queues_by_default(tmp_path):
     model, inputs = _trained_model()
     model.save_pretrained(tmp_path)
@@ -82,6 +84,7 @@ def test_auto_classes(tmp_path):
     assert auto_map["AutoModel"] == "modeling_lddetr.LDDetrModel"
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_with_remote_code_where_the_package_is_missing(tmp_path):
     model, inputs = _trained_model()
     model.save_pretrained(tmp_path / "model")

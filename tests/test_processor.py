@@ -410,6 +410,7 @@ def test_from_dataset_info():
         LDDetrProcessor.from_dataset_info({**info, "dataset_type": "activitynet"})
 
 
+@pytest.mark.slow
 def test_saved_processor_loads_as_remote_code_without_the_package(tmp_path, monkeypatch):
     monkeypatch.setattr(LDDetrProcessor, "_auto_class", "AutoProcessor")
     monkeypatch.setattr(LDDetrFeatureExtractor, "_auto_class", "AutoFeatureExtractor")

@@ -84,6 +84,7 @@ def _fixed_batch_loss(trainer):
         return model(**batch).loss.item()
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_loss_and_log_every_term(demo, tmp_path):
     trainer = _trainer(demo, tmp_path, max_steps=16)
     before = _fixed_batch_loss(trainer)
