@@ -6,7 +6,7 @@ from hub_datasets.specs import SPECS
 from modeling_lddetr.dataset_types import DATASET_TYPES, dataset_type
 from modeling_lddetr.feature_extraction_lddetr import SALIENCY_LABEL_TYPES
 from processing.evaluation.metrics import compute_metrics
-from training_scripts.presets import PRESETS, preset_for_dataset
+from training_scripts.presets import COMMON_TRAINING, PRESETS, preset_for_dataset
 
 
 def test_every_registered_type_has_a_file_layout_a_preset_and_a_label_scheme():
@@ -26,6 +26,10 @@ def test_each_type_is_scored_by_its_metric():
     assert "HL-min-VeryGood-mAP" in briefs["qvhighlights"] and "MR-full-mAP" in briefs["qvhighlights"]
     assert briefs["charades-sta"] == briefs["tacos"] and briefs["tacos"]["MR-full-R1@0.7"] == 100.0
     assert set(briefs["tvsum"]) == {"mAP", "mAP-all-clips"}
+    # each type's preset keeps its best checkpoint by a metric that the type's report has
+    for name, registered in DATASET_TYPES.items():
+        training = {**COMMON_TRAINING, **PRESETS[registered.preset]["training"]}
+        assert training["metric_for_best_model"] in briefs[name], name
 
 
 def test_an_unknown_type_names_the_known_ones():

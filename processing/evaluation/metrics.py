@@ -431,11 +431,14 @@ def eval_qvhighlights(submission, ground_truth, match_number: bool = True, clip_
 
 
 def eval_temporal_grounding(submission, ground_truth, match_number: bool = True) -> dict:
-    """Charades-STA / TACoS: R1@{0.3,0.5,0.7} and mIoU of the top window on every query (no length buckets)."""
+    """Charades-STA / TACoS: R1@{0.3,0.5,0.7} and mIoU of the top window on every query (no length buckets), and the
+    mAP over IoU 0.5:0.05:0.95 that model selection uses."""
     qids, predictions, references = align_by_qid(submission, ground_truth, match_number)
     full = eval_moment_retrieval(qids, predictions, references, {"full": None}, GROUNDING_R1_IOU_THRESHOLDS)["full"]
     brief = {f"MR-full-R1@{t}": full["MR-R1"][str(t)] for t in GROUNDING_R1_IOU_THRESHOLDS}
     brief["MR-full-mIoU"] = full["MR-mIoU"]
+    # the official training selects its best checkpoint by MR-full-mAP on every dataset, Charades-STA and TACoS too
+    brief["MR-full-mAP"] = full["MR-mAP"]["average"]
     return {"brief": brief, "full": full}
 
 
