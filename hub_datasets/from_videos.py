@@ -38,7 +38,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -53,6 +52,7 @@ from transformers.utils import logging as transformers_logging
 
 from processing.inference.pipeline import ClipFeatureModels
 from processing.video.clip_encoders import DEFAULT_CLIP_MODEL, ClipTextEncoder, resolve_device
+from processing.video.feature_cache import save_npz_atomically
 from processing.video.featurizer import DecodedVideo, VideoFeaturizer, decode_video
 
 from .annotations import AnnotationError, QueryRow, read_annotations
@@ -233,19 +233,8 @@ class WorkFolder:
                         yield path, vid, index
 
     def write_shard(self, name: str, vids: list[str], features: list[np.ndarray]) -> Path:
-        target = self.videos / f"{name}.npz"
-        descriptor, temporary = tempfile.mkstemp(dir=self.videos, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                arrays = {f"video_{i}": array for i, array in enumerate(features)}
-                np.savez(file, vids=np.array(vids), **arrays)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return target
+        arrays = {f"video_{i}": array for i, array in enumerate(features)}
+        return save_npz_atomically(self.videos / f"{name}.npz", {"vids": np.array(vids), **arrays})
 
 
 # ------------------------------------------------------------------------------------------------ processes

@@ -76,14 +76,20 @@ class FeatureCache:
     def save(self, key: str, arrays: Mapping[str, np.ndarray]) -> Path:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                np.savez(file, **arrays)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return save_npz_atomically(path, arrays)
+
+
+def save_npz_atomically(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """np.savez to a temporary file beside `path`, synced, then renamed: a reader (or a killed run) never sees a
+    partial file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
