@@ -70,3 +70,19 @@ def tiny_clip_dir(tmp_path_factory) -> str:
     from helpers import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list:
+    """The paths of the videos decoded into clips while the test runs (the clip reader is counted, not replaced)."""
+    from processing.video import featurizer
+
+    opened = []
+    reader = featurizer.VideoClipReader
+
+    def counting_reader(path, *args, **kwargs):
+        opened.append(path)
+        return reader(path, *args, **kwargs)
+
+    monkeypatch.setattr(featurizer, "VideoClipReader", counting_reader)
+    return opened

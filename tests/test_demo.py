@@ -18,7 +18,6 @@ from helpers import constant_rate, write_video
 from packaging.requirements import Requirement
 
 from processing.demo.app import MomentSearch, build_demo, launch, load_pipeline, moment_label, parse_queries
-from processing.video import featurizer
 from tests.test_video_pipeline import model_dir, red_from_8_to_12_s  # noqa: F401
 
 BROWSER_FLAGS = [
@@ -79,20 +78,6 @@ def browser(tmp_path):
     session = webdriver.Chrome(options=options, service=Service(executable_path=driver))
     yield session
     session.quit()
-
-
-@pytest.fixture
-def decodes(monkeypatch):
-    """Counts the videos the feature extractor decodes (the server runs in this process)."""
-    opened = []
-    reader = featurizer.VideoClipReader
-
-    def counting_reader(path, *args, **kwargs):
-        opened.append(path)
-        return reader(path, *args, **kwargs)
-
-    monkeypatch.setattr(featurizer, "VideoClipReader", counting_reader)
-    return opened
 
 
 def test_a_moment_button_seeks_the_player_to_the_moment(served_demo, browser, demo_pipe, h264_video, decodes, tmp_path):

@@ -17,7 +17,6 @@ from modeling_lddetr import LDDetrModel, LDDetrOutput
 from modeling_lddetr.feature_extraction_lddetr import LDDetrFeatureExtractor
 from modeling_lddetr.processing_lddetr import LDDetrProcessor
 from processing.inference import predict
-from processing.video import featurizer as video_features
 from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE, TASK, ClipFeatureModels, VideoMomentRetrievalPipeline
 from processing.inference.plotting import plot_results
 from processing.inference.sliding_windows import ClipWindow, average_saliency, distinct_moments, merge_moments, plan_windows
@@ -81,20 +80,6 @@ def short_window_model_dir(tmp_path_factory, tiny_clip_dir):
 @pytest.fixture
 def pipe(model_dir, tmp_path):
     return pipeline(TASK, model=model_dir, device="cpu", cache_dir=tmp_path / "cache")
-
-
-@pytest.fixture
-def decodes(monkeypatch):
-    """Counts the videos decoded into clips."""
-    opened = []
-    reader = video_features.VideoClipReader
-
-    def counting_reader(path, *args, **kwargs):
-        opened.append(path)
-        return reader(path, *args, **kwargs)
-
-    monkeypatch.setattr(video_features, "VideoClipReader", counting_reader)
-    return opened
 
 
 def check_result(result, query, num_clips=10, duration=20.0, top_k=10, num_queries=6):
