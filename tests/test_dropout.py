@@ -1,53 +1,87 @@
-"""The cheaper CPU dropout keeps torch's distribution: P(keep) = 1 - p per element, survivors scaled by 1/(1-p)."""
+"""The cheaper CPU dropout keeps torch's distribution: P(keep) = 1 - p per element, independently, survivors
+scaled by 1/(1-p), the gradient through the same mask, and masks governed by torch's seed."""
 
 import pytest
 import torch
 
-from modeling_lddetr.dropout import Dropout, keep_mask
+from modeling_lddetr.dropout import Dropout, dropout, keep_mask
 
-N = 1_000_000
+N = 1 << 22
 
 
-@pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.3])
+def _within_binomial_bound(frequency: float, probability: float, trials: int) -> bool:
+    return abs(frequency - probability) < 5 * (probability * (1 - probability) / trials) ** 0.5
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.25, 0.3, 2**-10])  # 32, 8, 8, 32 and 16 random bits per element
 def test_keep_frequency_is_one_minus_p(p):
     torch.manual_seed(0)
-    kept = keep_mask(torch.Size([N]), p, torch.device("cpu")).double().mean().item()
-    sigma = (p * (1 - p) / N) ** 0.5
-    assert abs(kept - (1 - p)) < 5 * sigma
+    mask = keep_mask(torch.Size([N]), p)
+    assert mask.dtype == torch.bool and mask.shape == (N,)
+    assert _within_binomial_bound(mask.double().mean().item(), 1 - p, N)
 
 
-def test_mask_elements_are_independent():
-    # neighbours share random words (8 or 32 bits each): their joint frequency must still be (1-p)^2
+@pytest.mark.parametrize("p", [0.1, 0.5, 2**-10])
+def test_neighbouring_elements_are_independent(p):
+    # Neighbours share 64-bit random words (8 per word at p = 0.5, 4 at 16 bits, the two 32-bit halves at
+    # p = 0.1): their joint keep frequency must be (1 - p)^2 at every offset inside a word, and within a word
+    # as well as across words.
     torch.manual_seed(1)
-    mask = keep_mask(torch.Size([N]), 0.5, torch.device("cpu")).double()
-    both = (mask[:-1] * mask[1:]).mean().item()
-    assert abs(both - 0.25) < 5 * (0.25 * 0.75 / N) ** 0.5
-    mask = keep_mask(torch.Size([N]), 0.1, torch.device("cpu")).double()
-    both = (mask[:-1] * mask[1:]).mean().item()
-    assert abs(both - 0.81) < 5 * (0.81 * 0.19 / N) ** 0.5
+    mask = keep_mask(torch.Size([N]), p).double()
+    for offset in range(1, 9):
+        both = (mask[:-offset] * mask[offset:]).mean().item()
+        assert _within_binomial_bound(both, (1 - p) ** 2, N - offset), offset
+    halves = mask.view(-1, 2)  # at p = 0.1 the two halves of each 64-bit word
+    assert _within_binomial_bound((halves[:, 0] * halves[:, 1]).mean().item(), (1 - p) ** 2, N // 2)
+    correlation = torch.corrcoef(torch.stack([halves[:, 0], halves[:, 1]]))[0, 1].item()
+    assert abs(correlation) < 5 / (N // 2) ** 0.5
 
 
 def test_masks_follow_the_torch_seed_and_differ_between_calls():
+    shape = torch.Size([64, 33])
     torch.manual_seed(3)
-    first, second = keep_mask(torch.Size([64, 33]), 0.1, torch.device("cpu")), keep_mask(torch.Size([64, 33]), 0.1, torch.device("cpu"))
+    first, second = keep_mask(shape, 0.1), keep_mask(shape, 0.1)
     torch.manual_seed(3)
-    assert torch.equal(first, keep_mask(torch.Size([64, 33]), 0.1, torch.device("cpu")))
+    assert torch.equal(first, keep_mask(shape, 0.1))
     assert not torch.equal(first, second)
+    with torch.random.fork_rng():
+        forked = keep_mask(shape, 0.1)
+    assert torch.equal(forked, keep_mask(shape, 0.1))  # fork_rng restored the generator it advanced
+
+
+def test_successive_masks_are_independent():
+    torch.manual_seed(4)
+    first, second = keep_mask(torch.Size([N]), 0.5).double(), keep_mask(torch.Size([N]), 0.5).double()
+    assert _within_binomial_bound((first * second).mean().item(), 0.25, N)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dropout_scales_survivors_and_backpropagates_through_the_same_mask(dtype):
-    layer = Dropout(0.1).train()
-    x = (torch.rand(40, 50) + 1).to(dtype).requires_grad_()
-    y = layer(x)
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_scales_survivors_exactly_and_backpropagates_through_the_same_mask(dtype, p):
+    torch.manual_seed(5)
+    x = (torch.rand(400, 500) + 1).to(dtype).requires_grad_()
+    y = Dropout(p).train()(x)
     assert y.dtype == dtype
-    kept = y != 0
-    torch.testing.assert_close(y[kept], (x[kept] / 0.9).to(dtype))
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, (kept / 0.9).to(dtype))
+    kept = y != 0  # x > 0, so only dropped elements are zero
+    assert _within_binomial_bound(kept.double().mean().item(), 1 - p, kept.numel())
+    scale = 1.0 / (1.0 - p)
+    assert torch.equal(y[kept], (x[kept].float() * scale).to(dtype))  # x * fp32(scale), as torch's dropout
+    grad = torch.randn(400, 500).to(dtype)
+    y.backward(grad)
+    assert torch.equal(x.grad, torch.where(kept, (grad.float() * scale).to(dtype), 0))
 
 
-def test_evaluation_and_zero_p_are_the_identity():
+def test_dropout_follows_the_torch_seed():
+    x = torch.randn(30, 40)
+    torch.manual_seed(6)
+    first = dropout(x, 0.1, True)
+    torch.manual_seed(6)
+    assert torch.equal(first, dropout(x, 0.1, True))
+    assert not torch.equal(first, dropout(x, 0.1, True))
+
+
+def test_evaluation_zero_and_one_p():
     x = torch.randn(10, 7)
     assert torch.equal(Dropout(0.5).eval()(x), x)
     assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
