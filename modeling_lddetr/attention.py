@@ -1,8 +1,39 @@
-"""Multi-head attention on `F.scaled_dot_product_attention`, batch first."""
+"""Multi-head attention on `F.scaled_dot_product_attention`, batch first.
+
+On the CPU in training with attention dropout it is written out instead, so that the attention weights get
+this package's cheaper dropout (see dropout.py) rather than SDPA's `bernoulli_` mask.
+"""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .dropout import dropout
+
+
+def attention_with_dropout(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """The math of `F.scaled_dot_product_attention(..., dropout_p)` written out, with this package's cheaper CPU
+    dropout on the attention weights (SDPA draws its CPU mask with torch's slow `bernoulli_`).
+
+    query (B, H, Lq, E), key (B, H, Lk, E), value (B, H, Lk, Ev), key_mask (B, Lk) bool, True = attend
+    -> (B, H, Lq, Ev).
+    """
+    batch, heads, query_length, width = query.shape
+    key_length, value_width = key.shape[2], value.shape[3]
+    # -inf on the masked keys, added to the scores by the same GEMM that scales them
+    bias = query.new_zeros(batch, 1, 1, key_length)
+    if key_mask is not None:
+        bias.masked_fill_(~key_mask[:, None, None, :], float("-inf"))
+    scores = torch.baddbmm(
+        bias.expand(batch, heads, 1, key_length).reshape(batch * heads, 1, key_length),
+        query.reshape(batch * heads, query_length, width),
+        key.reshape(batch * heads, key_length, width).transpose(1, 2),
+        alpha=width**-0.5,
+    )  # (B * H, Lq, Lk)
+    weights = dropout(scores.softmax(-1), dropout_p, training=True)
+    return torch.bmm(weights, value.reshape(batch * heads, key_length, value_width)).view(batch, heads, query_length, value_width)
 
 
 class MultiheadAttention(nn.Module):
@@ -38,12 +69,11 @@ class MultiheadAttention(nn.Module):
         """query (B, Lq, E), key (B, Lk, E), value (B, Lk, Ev), key_mask (B, Lk) bool, True = attend -> (B, Lq, Ev)."""
         if self.q_proj is not None:
             query, key, value = self.q_proj(query), self.k_proj(key), self.v_proj(value)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            self._split_heads(query),
-            self._split_heads(key),
-            self._split_heads(value),
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, heads, Lq, Ev / heads)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        query, key, value = self._split_heads(query), self._split_heads(key), self._split_heads(value)
+        dropout_p = self.dropout if self.training else 0.0
+        if dropout_p > 0.0 and query.device.type == "cpu":
+            out = attention_with_dropout(query, key, value, key_mask, dropout_p)
+        else:
+            attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p)
+        return self.out_proj(out.transpose(1, 2).flatten(2))  # out: (B, heads, Lq, Ev / heads)
