@@ -36,6 +36,13 @@ def attention_with_dropout(
     return torch.bmm(weights, value.reshape(batch * heads, key_length, value_width)).view(batch, heads, query_length, value_width)
 
 
+def _fused_linear(x: torch.Tensor, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """`(linear(x) for linear in linears)` as one GEMM; autograd splits the weight gradient back."""
+    weight = torch.cat([linear.weight for linear in linears])
+    bias = torch.cat([linear.bias for linear in linears])
+    return F.linear(x, weight, bias).split([linear.out_features for linear in linears], dim=-1)
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention with an optional key mask.
 
@@ -60,15 +67,27 @@ class MultiheadAttention(nn.Module):
             self.q_proj = self.k_proj = self.v_proj = None
         self.out_proj = nn.Linear(value_dim, value_dim)
 
+    def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # The callers pass the very same tensor for shared inputs (`is`, not equal values). The weights are
+        # concatenated per call so that parameter names and shapes stay those of separate projections.
+        if query is key:
+            return (*_fused_linear(query, self.q_proj, self.k_proj), self.v_proj(value))
+        if key is value:
+            return (self.q_proj(query), *_fused_linear(key, self.k_proj, self.v_proj))
+        return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         # (B, S, E) -> (B, heads, S, E / heads)
         batch, length, width = x.shape
         return x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """query (B, Lq, E), key (B, Lk, E), value (B, Lk, Ev), key_mask (B, Lk) bool, True = attend -> (B, Lq, Ev)."""
+        """query (B, Lq, E), key (B, Lk, E), value (B, Lk, Ev), key_mask (B, Lk) bool, True = attend -> (B, Lq, Ev).
+
+        When queries and keys (self-attention) or keys and values are the same tensor, their projections run
+        as one GEMM with the concatenated weights."""
         if self.q_proj is not None:
-            query, key, value = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+            query, key, value = self._project(query, key, value)
         query, key, value = self._split_heads(query), self._split_heads(key), self._split_heads(value)
         dropout_p = self.dropout if self.training else 0.0
         if dropout_p > 0.0 and query.device.type == "cpu":

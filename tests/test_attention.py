@@ -1,10 +1,11 @@
-"""The CPU training path of MultiheadAttention (explicit attention with the cheaper dropout) computes what
-scaled_dot_product_attention computes."""
+"""The CPU training path of MultiheadAttention (explicit attention with the cheaper dropout, fused projections)
+computes what scaled_dot_product_attention and separate projections compute."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from modeling_lddetr import attention
 from modeling_lddetr.attention import MultiheadAttention, attention_with_dropout
 
 B, LQ, LK, HEADS = 4, 9, 13, 4
@@ -57,3 +58,43 @@ def test_training_on_cpu_uses_the_explicit_path_with_the_layers_dropout(monkeypa
     assert calls == [0.1]
     layer.eval()(x, x, x)
     assert calls == [0.1]  # evaluation goes to scaled_dot_product_attention
+
+
+def _separately_projected(layer: MultiheadAttention, query, key, value, key_mask) -> torch.Tensor:
+    # the same layer with unshared inputs: clones are not `is` the same tensor, so no projection is fused
+    return layer(query.clone(), key.clone(), value.clone(), key_mask=key_mask)
+
+
+@pytest.mark.parametrize("shared", ["query is key", "key is value"])
+def test_fused_projections_give_the_outputs_and_gradients_of_separate_ones(shared, monkeypatch):
+    fused_calls = []
+    fused_linear = attention._fused_linear
+    monkeypatch.setattr(attention, "_fused_linear", lambda *args: fused_calls.append(args[1:]) or fused_linear(*args))
+    torch.manual_seed(2)
+    layer = MultiheadAttention(32, HEADS, dropout=0.0).train()
+    if shared == "query is key":
+        inputs = torch.randn(B, LK, 32, requires_grad=True)
+        other = torch.randn(B, LK, 32, requires_grad=True)
+        arguments = (inputs, inputs, other)
+    else:
+        inputs = torch.randn(B, LK, 32, requires_grad=True)
+        other = torch.randn(B, LQ, 32, requires_grad=True)
+        arguments = (other, inputs, inputs)
+    key_mask, target = _key_mask(), torch.randn(B, arguments[0].shape[1], 32)
+
+    def outputs_and_gradients(run):
+        layer.zero_grad()
+        inputs.grad = other.grad = None
+        out = run()
+        (out * target).sum().backward()
+        return [out, inputs.grad, other.grad] + [parameter.grad for parameter in layer.parameters()]
+
+    fused = outputs_and_gradients(lambda: layer(*arguments, key_mask=key_mask))
+    separate = outputs_and_gradients(lambda: _separately_projected(layer, *arguments, key_mask))
+    shared_projections = (layer.q_proj, layer.k_proj) if shared == "query is key" else (layer.k_proj, layer.v_proj)
+    assert fused_calls == [shared_projections]  # one fused GEMM in the first run, none in the second
+    for a, b in zip(fused, separate, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert [name for name, _ in layer.named_parameters()] == [
+        f"{proj}.{kind}" for proj in ("q_proj", "k_proj", "v_proj", "out_proj") for kind in ("weight", "bias")
+    ]
