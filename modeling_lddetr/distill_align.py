@@ -59,7 +59,8 @@ class _QueueSnapshot:
 
 
 class _QueueLogits(torch.autograd.Function):
-    """query (B, d) @ queue (d, K), without saving a copy of the queue for backward.
+    """query (B, d) @ queue (d, K), without saving a copy of the queue for backward; given `targets` (b, d), also
+    targets @ queue (no gradient) from the same GEMM, whose 2B rows run much faster than two GEMMs of B rows.
 
     The queue is updated in place (enqueue) after the loss and before backward. Its gradient w.r.t. the query
     needs the queue as it was, so the backward takes the current queue and swaps the overwritten columns back
@@ -67,13 +68,17 @@ class _QueueLogits(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, snapshot):
+    def forward(ctx, query, snapshot, targets=None):
         ctx.snapshot = snapshot
         ctx.version = snapshot.queue._version
-        return query @ snapshot.queue
+        if targets is None:
+            return query @ snapshot.queue
+        query_logits, target_logits = (torch.cat([query, targets]) @ snapshot.queue).split([query.shape[0], targets.shape[0]])
+        ctx.mark_non_differentiable(target_logits)
+        return query_logits, target_logits
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, *_):
         snapshot = ctx.snapshot
         queue = snapshot.queue
         expected = ctx.version if snapshot.columns is None else snapshot.version_after_enqueue
@@ -86,7 +91,44 @@ class _QueueLogits(torch.autograd.Function):
         if snapshot.columns is not None:
             changed = (queue[:, snapshot.columns] - snapshot.old_values).to(grad.dtype)  # (d, b)
             grad_query = grad_query - grad[:, snapshot.columns] @ changed.T
-        return grad_query, None
+        return grad_query, None, None
+
+
+def _softmax_of_blocks(batch_logits: torch.Tensor, queue_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax over the columns of [batch_logits (B, B) | queue_logits (B, K)] without concatenating them:
+    (batch probabilities, queue probabilities, log-normaliser (B, 1))."""
+    maximum = torch.maximum(batch_logits.amax(1, keepdim=True), queue_logits.amax(1, keepdim=True))
+    batch_exp = (batch_logits - maximum).exp_()
+    queue_exp = (queue_logits - maximum).exp_()
+    total = batch_exp.sum(1, keepdim=True) + queue_exp.sum(1, keepdim=True)
+    return batch_exp.div_(total), queue_exp.div_(total), maximum + total.log()
+
+
+class _DistillationCrossEntropy(torch.autograd.Function):
+    """mean_i −Σ_j Y_ij log p_ij, p = softmax over [in-batch (B, B) | queue (B, K)] logits and
+    Y = α·[batch_targets | queue_targets] + (1 − α)·[I | 0] (the targets being a softmax, rows summing to 1).
+
+    As Σ_j Y_ij = 1, Σ_j Y_ij log p_ij = Σ_j Y_ij s_ij − log Z_i: neither log p nor Y is formed, and the gradient
+    w.r.t. the logits, (p − Y) / B, takes one pass over the queue block.
+    """
+
+    @staticmethod
+    def forward(ctx, batch_logits, queue_logits, batch_targets, queue_targets, alpha: float):
+        batch_probs, queue_probs, log_normalizer = _softmax_of_blocks(batch_logits, queue_logits)
+        distilled = torch.linalg.vecdot(batch_targets, batch_logits) + torch.linalg.vecdot(queue_targets, queue_logits)
+        identity = batch_logits.diagonal()
+        ctx.alpha = alpha
+        ctx.save_for_backward(batch_probs, queue_probs, batch_targets, queue_targets)
+        return (log_normalizer.flatten() - alpha * distilled - (1 - alpha) * identity).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        batch_probs, queue_probs, batch_targets, queue_targets = ctx.saved_tensors
+        scale = grad / batch_probs.shape[0]
+        grad_batch = torch.sub(batch_probs, batch_targets, alpha=ctx.alpha)
+        grad_batch.diagonal().sub_(1 - ctx.alpha)
+        grad_queue = torch.sub(queue_probs, queue_targets, alpha=ctx.alpha).mul_(scale)
+        return grad_batch.mul_(scale), grad_queue, None, None, None
 
 
 def _gather_from_all_processes(x: torch.Tensor) -> torch.Tensor:
@@ -113,18 +155,17 @@ class DistillAlign(nn.Module):
 
     def _contrastive_loss(self, query: torch.Tensor, keys_momentum: torch.Tensor, queue: _QueueSnapshot, target_momentum: torch.Tensor, alpha, temperature) -> torch.Tensor:
         """query (B, d) online; keys_momentum (B, d) and queue (d, K) the other modality; target_momentum (B, d)
-        this modality's momentum features. Logits over [in-batch momentum keys | queue] without concatenating
-        the queue (which would copy it every step)."""
-        queue_logits = _QueueLogits.apply(query, queue) if torch.is_grad_enabled() else query @ queue.queue
-        logits = torch.cat([query @ keys_momentum.T, queue_logits], dim=1) / temperature  # (B, B + K)
+        this modality's momentum features. Logits over [in-batch momentum keys | queue] / temperature, without
+        concatenating the queue (which would copy it every step) or the two blocks: the (B, d) features are
+        divided by the temperature instead of the (B, B + K) logits, and the query and the target rows share one
+        GEMM per block."""
+        scaled_query = query / temperature
+        scaled_target = target_momentum / temperature.detach()
+        batch_logits, target_batch_logits = (torch.cat([scaled_query, scaled_target]) @ keys_momentum.T).split(query.shape[0])
+        queue_logits, target_queue_logits = _QueueLogits.apply(scaled_query, queue, scaled_target)
         with torch.no_grad():
-            soft = torch.cat([target_momentum @ keys_momentum.T, target_momentum @ queue.queue], dim=1) / temperature
-            soft = soft.softmax(dim=1)
-        log_prob = logits.log_softmax(dim=1)
-        # Σ_j Y_ij log p_ij with Y = α·soft + (1 − α)·I, I the identity on the in-batch block
-        distilled = (soft * log_prob).sum(1)
-        identity = log_prob.diagonal()
-        return -(alpha * distilled + (1 - alpha) * identity).mean()
+            batch_targets, queue_targets, _ = _softmax_of_blocks(target_batch_logits, target_queue_logits)
+        return _DistillationCrossEntropy.apply(batch_logits, queue_logits, batch_targets, queue_targets, alpha)
 
     def forward(
         self,
@@ -137,7 +178,15 @@ class DistillAlign(nn.Module):
         training_progress: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """video, video_momentum (B, L, d) and text, text_momentum (B, N, d): the online and momentum unimodal
-        features; masks (B, L), (B, N) bool. Returns (loss_align, loss_sim). Enqueues in training mode."""
+        features; masks (B, L), (B, N) bool. Returns (loss_align, loss_sim). Enqueues in training mode.
+
+        Computed in the queues' dtype with autocast off: under bf16 autocast, the logits' softmax over 65 536
+        columns keeps fp32 accuracy, and the (d, K) queues are not cast to bf16 for every GEMM (a cast takes
+        longer than the fp32 GEMM)."""
+        with torch.autocast(video.device.type, enabled=False):
+            return self._losses(*(x.to(self.video_queue.dtype) for x in (video, text, video_momentum, text_momentum)), video_mask, text_mask, training_progress)
+
+    def _losses(self, video, text, video_momentum, text_momentum, video_mask, text_mask, training_progress):
         video_global, text_global = _global_feature(video, video_mask), _global_feature(text, text_mask)
         video_global_momentum = _global_feature(video_momentum, video_mask)
         text_global_momentum = _global_feature(text_momentum, text_mask)
