@@ -296,6 +296,11 @@ class LDDetrModel(LDDetrPreTrainedModel):
         self._check_inputs(video_features, video_mask, text_features, text_mask, audio_features)
         if audio_features is not None:
             video_features = torch.cat([video_features, audio_features], dim=-1)
+        device_type = video_features.device.type
+        if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16:
+            # one cast of the inputs for the online and the momentum encoders, whose LayerNorms then run in bf16: on
+            # fp32 inputs they return fp32, which each first Linear casts again (fp16 could overflow on raw features)
+            video_features, text_features = video_features.bfloat16(), text_features.bfloat16()
 
         video = self.video_encoder(video_features)  # V' (B, L, d)
         text = self.text_encoder(text_features)  # T' (B, N, d)
