@@ -240,6 +240,16 @@ def test_bad_inputs_raise_clear_errors(change, message):
         model(**inputs)
 
 
+def test_huge_finite_features_are_not_reported_as_nan_or_inf():
+    """The input check sums the features first; a sum that overflows on finite values is no error."""
+    model = _model().eval()
+    inputs, _ = random_batch(model.config, [6, 5], [3, 3])
+    inputs["video_features"][0, :4] = 3e38
+    assert torch.isfinite(inputs["video_features"]).all() and not torch.isfinite(inputs["video_features"].sum())
+    with torch.no_grad():
+        model(**inputs)
+
+
 def test_evaluation_forward_changes_no_state():
     model = _model().eval()
     inputs, labels = random_batch(model.config, [6, 5], [3, 3])
