@@ -37,20 +37,24 @@ class V2TExtractor(nn.Module):
     def forward(self, video: torch.Tensor, text: torch.Tensor, video_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         context, query = self.dropout(video), self.dropout(text)  # dropout only inside the trilinear score
         # trilinear similarity of clip c and token q: c·w_clip + q·w_token + (c ∘ q)·w_clip_token
+        # the weight in the activations' dtype: an fp32 weight would turn a bf16 (B, L, d) product back to fp32
         scores = (
             (context @ self.clip_score_weight)
             + (query @ self.token_score_weight).transpose(1, 2)
-            + (context * self.clip_token_score_weight) @ query.transpose(1, 2)
+            + (context * self.clip_token_score_weight.to(context.dtype)) @ query.transpose(1, 2)
         )  # (B, L, N)
         clip_to_token = _masked_softmax(scores, text_mask[:, None, :], dim=2)  # (B, L, N)
         token_to_clip = _masked_softmax(scores, video_mask[:, :, None], dim=1)  # (B, L, N)
         c2q = clip_to_token @ text  # (B, L, d)
-        q2c = clip_to_token @ token_to_clip.transpose(1, 2) @ video  # (B, L, d)
+        q2c = clip_to_token @ (token_to_clip.transpose(1, 2) @ video)  # (B, L, d), through (B, N, d) not (B, L, L)
         fused = self.context_query_proj(torch.cat([video, c2q, video * c2q, video * q2c], dim=-1))  # (B, L, d)
 
         pool_scores = _masked_softmax(text @ self.pool_weight, text_mask[:, :, None], dim=1)  # (B, N, 1)
         pooled_text = (text.transpose(1, 2) @ pool_scores).transpose(1, 2)  # (B, 1, d)
-        return self.pool_proj(torch.cat([fused, pooled_text.expand_as(fused)], dim=-1)).relu()
+        # pool_proj of [fused | pooled text] without repeating the pooled text over the L clips: its half of the
+        # product is computed once per video and broadcast
+        fused_weight, text_weight = self.pool_proj.weight.split(fused.shape[-1], dim=1)
+        return (F.linear(fused, fused_weight) + F.linear(pooled_text, text_weight, self.pool_proj.bias)).relu()
 
 
 class FeedForward(nn.Module):
