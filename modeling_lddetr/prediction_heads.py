@@ -3,6 +3,7 @@
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .configuration_lddetr import LDDetrConfig
@@ -76,13 +77,19 @@ class HighlightDetectionHead(nn.Module):
         batch, padded_length, d = video.shape
         # fp32: under bf16 autocast the floors of bf16 spans would move moments by a clip
         start, count = self._moment_clip_range(logits.detach().float(), spans.detach().float(), video_mask)
-        steps = torch.arange(padded_length, device=video.device)[None, :]  # (1, L)
-        gather_idx = (start[:, None] + steps).clamp(max=padded_length - 1)  # (B, L)
+        if self.official_slicing:
+            steps_run, read_at = padded_length, torch.full_like(count, padded_length - 1)
+        else:
+            # the state is read after each moment's last clip: the GRU stops after the longest moment
+            steps_run, read_at = max(int(count.max()), 1), (count - 1).clamp(min=0)
+        steps = torch.arange(steps_run, device=video.device)[None, :]  # (1, T)
+        gather_idx = (start[:, None] + steps).clamp(max=padded_length - 1)  # (B, T)
         moment = video.gather(1, gather_idx[..., None].expand(-1, -1, d))
         moment = moment * (steps < count[:, None])[..., None].to(video.dtype)  # left-aligned, zero after the moment
-        states, _ = self.gru(moment)  # (B, L, d)
-        read_at = torch.full_like(count, padded_length - 1) if self.official_slicing else (count - 1).clamp(min=0)
+        states, _ = self.gru(moment)  # (B, T, d)
         summary = states[torch.arange(batch, device=video.device), read_at]  # (B, d)
         weights = torch.einsum("bd,bld->bl", summary, video)  # (B, L)
-        memory = memory * (1 + weights[..., None])
-        return self.saliency_proj(memory).sum(-1) / math.sqrt(d)
+        # saliency_proj(memory * (1 + weights)).sum(-1): a Linear summed over its outputs is one dot product with
+        # the summed weight rows, and the per-clip factor (1 + weights) can scale that dot product instead
+        summed_proj = F.linear(memory, self.saliency_proj.weight.sum(0, keepdim=True))[..., 0]  # (B, L)
+        return (summed_proj * (1 + weights) + self.saliency_proj.bias.sum()) / math.sqrt(d)

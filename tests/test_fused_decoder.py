@@ -1,0 +1,78 @@
+"""The heads compute the plain per-module math that their faster forms replace.
+
+The references below are that plain math, written from the modules' parameters: a GRU over every clip.
+"""
+
+import math
+
+import pytest
+import torch
+
+from modeling_lddetr import LDDetrConfig
+from modeling_lddetr.prediction_heads import HighlightDetectionHead
+
+
+def _reference_saliency(head, logits, spans, memory, video, video_mask):
+    batch, padded_length, d = video.shape
+    start, count = head._moment_clip_range(logits.detach().float(), spans.detach().float(), video_mask)
+    steps = torch.arange(padded_length)[None, :]
+    gather_idx = (start[:, None] + steps).clamp(max=padded_length - 1)
+    moment = video.gather(1, gather_idx[..., None].expand(-1, -1, d)) * (steps < count[:, None])[..., None]
+    states, _ = head.gru(moment)
+    read_at = torch.full_like(count, padded_length - 1) if head.official_slicing else (count - 1).clamp(min=0)
+    summary = states[torch.arange(batch), read_at]
+    memory = memory * (1 + torch.einsum("bd,bld->bl", summary, video)[..., None])
+    return head.saliency_proj(memory).sum(-1) / math.sqrt(d), states, count
+
+
+def _assert_close(got, expected, name, atol=1e-6):
+    # float32 rounding: atol relative to the tensor's largest value (gradients of the biases reach ~30)
+    torch.testing.assert_close(got, expected, atol=atol * max(1.0, expected.abs().max().item()), rtol=0, msg=name)
+
+
+def _head_inputs(centers, widths, lengths, padded_length, d=256, queries=4, seed=0):
+    """Inputs of the highlight head whose top-1 moment (query 1) is (center, width) for each sample."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = len(centers)
+    logits = torch.zeros(batch, queries, 2)
+    logits[:, 1, 0] = 5.0
+    spans = torch.rand(batch, queries, 2, generator=generator)
+    spans[:, 1] = torch.tensor([centers, widths]).T
+    memory = torch.randn(batch, padded_length, d, generator=generator)
+    video = torch.randn(batch, padded_length, d, generator=generator) / math.sqrt(d)
+    mask = torch.arange(padded_length)[None, :] < torch.tensor(lengths)[:, None]
+    return logits, spans, memory, video, mask
+
+
+@pytest.mark.parametrize(
+    "centers, widths, lengths",
+    [
+        ([0.3, 0.6, 0.95], [0.2, 0.1, 0.3], [20, 14, 20]),  # the last sample's moment runs to the last clip
+        ([0.5, 0.5], [1.0, 0.02], [20, 20]),  # a moment of every clip: the GRU runs the full padded length
+        ([0.01, 0.5, 0.99], [0.01, 0.01, 0.01], [20, 9, 17]),  # one clip each, at the start, middle and end
+    ],
+)
+@pytest.mark.parametrize("official_slicing", [False, True])
+def test_highlight_head_equals_the_full_length_gru_with_gradients(centers, widths, lengths, official_slicing):
+    torch.manual_seed(0)
+    head = HighlightDetectionHead(LDDetrConfig(official_highlight_slicing=official_slicing))
+    logits, spans, memory, video, mask = _head_inputs(centers, widths, lengths, padded_length=20)
+    memory.requires_grad_(True)
+    video.requires_grad_(True)
+    states = []
+    hook = head.gru.register_forward_hook(lambda module, args, out: states.append(out[0]))
+    got = head(logits, spans, memory, video, mask)
+    hook.remove()
+    expected, full_states, count = _reference_saliency(head, logits, spans, memory, video, mask)
+    # the truncated run is as long as the longest moment and is the full run's first steps (up to the rounding of
+    # the input GEMM, whose blocking depends on the number of steps)
+    assert states[0].shape[1] == (20 if official_slicing else int(count.max()))
+    _assert_close(states[0], full_states[:, : states[0].shape[1]], "gru states")
+    _assert_close(got, expected, "saliency")
+    for name, g, e in zip(["memory", "video"], *(torch.autograd.grad(out.square().sum(), (memory, video)) for out in (got, expected))):
+        _assert_close(g, e, name)
+    got_grads = torch.autograd.grad(head(logits, spans, memory, video, mask).sum(), list(head.parameters()))
+    expected_grads = torch.autograd.grad(_reference_saliency(head, logits, spans, memory, video, mask)[0].sum(), list(head.parameters()))
+    for (name, _), g, e in zip(head.named_parameters(), got_grads, expected_grads):
+        _assert_close(g, e, name)
+
