@@ -8,10 +8,10 @@ from torch import nn
 
 def _interleave_sin_cos(positions: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
     """(...,) positions -> (..., num_feats): sin on even, cos on odd features, DETR style."""
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=positions.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
-    scaled = positions[..., None] / dim_t  # (..., num_feats)
-    return torch.stack((scaled[..., 0::2].sin(), scaled[..., 1::2].cos()), dim=-1).flatten(-2)
+    # features 2i and 2i + 1 share the frequency temperature ** (2i / num_feats): one division per pair
+    dim_t = temperature ** (torch.arange(0, num_feats, 2, dtype=torch.float32, device=positions.device) / num_feats)
+    scaled = positions[..., None] / dim_t  # (..., num_feats / 2)
+    return torch.stack((scaled.sin(), scaled.cos()), dim=-1).flatten(-2)
 
 
 class VideoPositionEmbedding(nn.Module):
@@ -38,7 +38,5 @@ def anchor_sine_embedding(anchors: torch.Tensor, hidden_size: int) -> torch.Tens
 
     The official code fixes 128 features per coordinate (hidden size 256); this scales with the hidden size.
     """
-    half = hidden_size // 2
-    center = _interleave_sin_cos(anchors[..., 0] * (2 * math.pi), half)
-    width = _interleave_sin_cos(anchors[..., 1] * (2 * math.pi), half)
-    return torch.cat((center, width), dim=-1)
+    # (..., 2, hidden_size / 2) flattened: the center's features, then the width's
+    return _interleave_sin_cos(anchors * (2 * math.pi), hidden_size // 2).flatten(-2)

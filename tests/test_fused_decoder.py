@@ -1,6 +1,7 @@
 """The heads compute the plain per-module math that their faster forms replace.
 
-The references below are that plain math, written from the modules' parameters: a GRU over every clip.
+The references below are that plain math, written from the modules' parameters: a GRU over every clip, one
+frequency per sine feature.
 """
 
 import math
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from modeling_lddetr import LDDetrConfig
+from modeling_lddetr.position_encoding import VideoPositionEmbedding, anchor_sine_embedding
 from modeling_lddetr.prediction_heads import HighlightDetectionHead
 
 
@@ -76,3 +78,31 @@ def test_highlight_head_equals_the_full_length_gru_with_gradients(centers, width
     for (name, _), g, e in zip(head.named_parameters(), got_grads, expected_grads):
         _assert_close(g, e, name)
 
+
+
+def _reference_sine(positions, num_feats, temperature=10000.0):
+    dim_t = torch.arange(num_feats, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    scaled = positions[..., None] / dim_t
+    return torch.stack((scaled[..., 0::2].sin(), scaled[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+@pytest.mark.parametrize("hidden_size", [256, 32, 4])
+def test_anchor_sine_embedding_is_bit_identical_to_per_feature_frequencies(hidden_size):
+    anchors = torch.rand(3, 10, 2, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    center = _reference_sine(anchors[..., 0] * (2 * math.pi), hidden_size // 2)
+    width = _reference_sine(anchors[..., 1] * (2 * math.pi), hidden_size // 2)
+    expected = torch.cat((center, width), dim=-1)
+    got = anchor_sine_embedding(anchors, hidden_size)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    weights = torch.linspace(-1, 1, got.numel()).view(got.shape)
+    grads = [torch.autograd.grad((out * weights).sum(), anchors)[0] for out in (got, expected)]
+    _assert_close(grads[0], grads[1], "anchors")
+
+
+def test_clip_positions_are_bit_identical_to_per_feature_frequencies():
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 15:] = False
+    positions = mask.cumsum(1, dtype=torch.float32)
+    positions = positions / (positions[:, -1:] + 1e-6) * (2 * math.pi)
+    torch.testing.assert_close(VideoPositionEmbedding(256)(mask), _reference_sine(positions, 256), atol=0, rtol=0)
