@@ -11,11 +11,12 @@ The official release returns inside its loop, so it always makes exactly one pas
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiheadAttention
 from .configuration_lddetr import LDDetrConfig
-from .dropout import Dropout
+from .dropout import Dropout, dropout
 from .position_encoding import anchor_sine_embedding
 from .span_ops import inverse_sigmoid
 
@@ -75,47 +76,81 @@ class AnchorDecoderLayer(nn.Module):
         self.dropout3 = Dropout(config.hidden_dropout)
         self.num_heads = heads
 
-    def _concat_per_head(self, content: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        # (B, S, d) + (B, S, d) -> (B, S, 2d), content and position side by side inside each head
-        batch, length, d = content.shape
-        content = content.view(batch, length, self.num_heads, d // self.num_heads)
-        position = position.view(batch, length, self.num_heads, d // self.num_heads)
-        return torch.cat([content, position], dim=-1).view(batch, length, 2 * d)
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, S, heads * w) -> (B * heads, S, w), contiguous for bmm
+        batch, length, width = x.shape
+        x = x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
+        return x.reshape(batch * self.num_heads, length, width // self.num_heads)
 
-    def memory_keys_values(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention keys (B, L, 2d) and values (B, L, d) of the clips. They depend on the memory only, so
-        the Loop Decoder computes them once per forward for all its passes."""
-        k_pos = self.cross_attn_key_pos_proj(memory_pos)
-        k = self.cross_attn_key_content_proj(memory)
-        if self.is_first:
-            k = k + k_pos
-        return self._concat_per_head(k, k_pos), self.cross_attn_value_proj(memory)
+    def _concat_heads(self, content: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        # (B, S, d) + (B, S, d) -> (B * heads, S, 2d / heads): content and position side by side inside each head
+        batch, length, d = content.shape
+        content = content.view(batch, length, self.num_heads, d // self.num_heads).transpose(1, 2)
+        position = position.view(batch, length, self.num_heads, d // self.num_heads).transpose(1, 2)
+        # cat writes (B, heads, S, 2d / heads) contiguously: the reshape is a view
+        return torch.cat([content, position], dim=-1).view(batch * self.num_heads, length, 2 * d // self.num_heads)
+
+    def _merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        # (B * heads, S, w) -> (B, S, heads * w)
+        _, length, width = x.shape
+        return x.view(-1, self.num_heads, length, width).transpose(1, 2).flatten(2)
+
+    def _attend(
+        self, attention: MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Scaled dot-product attention on head-split inputs: query (B*heads, Q, w), key (B*heads, S, w),
+        value (B*heads, S, wv), bias (B*heads, 1, S) added to the scores (-inf = masked) -> (B, Q, heads * wv).
+
+        Written out rather than `F.scaled_dot_product_attention`: with query/key heads wider than value heads, or
+        with dropout, torch's CPU kernel falls back to a math path that copies and rescales the keys on every call,
+        while these keys are built once per forward. The scale goes on the (few) queries, not on the keys."""
+        query = query * query.shape[-1] ** -0.5
+        scores = torch.bmm(query, key.transpose(1, 2)) if bias is None else torch.baddbmm(bias, query, key.transpose(1, 2))
+        weights = dropout(scores.float().softmax(-1), attention.dropout, self.training)
+        return attention.out_proj(self._merge_heads(torch.bmm(weights.to(value.dtype), value)))
 
     def forward(
         self,
         queries: torch.Tensor,
         memory_keys: torch.Tensor,
         memory_values: torch.Tensor,
-        memory_mask: torch.Tensor,
+        memory_bias: torch.Tensor,
         query_pos: torch.Tensor,
         query_sine_embed: torch.Tensor,
     ) -> torch.Tensor:
-        """queries (B, Q, d), memory_keys (B, L, 2d) and memory_values (B, L, d) from `memory_keys_values`,
-        memory_mask (B, L) bool, query_pos (B, Q, d), query_sine_embed (B, Q, d) -> (B, Q, d)."""
-        q = self.self_attn_query_content_proj(queries) + self.self_attn_query_pos_proj(query_pos)
-        k = self.self_attn_key_content_proj(queries) + self.self_attn_key_pos_proj(query_pos)
-        attended = self.self_attn(q, k, self.self_attn_value_proj(queries))
+        """queries (B, Q, d), memory_keys (B*heads, L, 2d/heads), memory_values (B*heads, L, d/heads) and
+        memory_bias (B*heads, 1, L) from `AnchorDecoder.memory_keys_values`, query_pos (B, Q, d), query_sine_embed
+        (B, Q, d) -> (B, Q, d)."""
+        d = queries.shape[-1]
+        # the projections that read the same input run as one GEMM (weights concatenated, names unchanged)
+        content = _fused_linear(queries, self.self_attn_query_content_proj, self.self_attn_key_content_proj, self.self_attn_value_proj)
+        position_projs = [self.self_attn_query_pos_proj, self.self_attn_key_pos_proj]
+        if self.is_first:
+            position_projs.append(self.cross_attn_query_pos_proj)
+        position = _fused_linear(query_pos, *position_projs)
+        # split, not sliced: the backward of a split is one cat, that of each slice a zero-filled full-size gradient
+        content_qk, content_v = content.split([2 * d, d], dim=-1)
+        position = position.split([2 * d, d] if self.is_first else [2 * d], dim=-1)
+        q, k = (content_qk + position[0]).split(d, dim=-1)
+        attended = self._attend(self.self_attn, self._split_heads(q), self._split_heads(k), self._split_heads(content_v), None)
         queries = self.norm1(queries + self.dropout1(attended))
 
         q = self.cross_attn_query_content_proj(queries)
         if self.is_first:
-            q = q + self.cross_attn_query_pos_proj(query_pos)
-        q = self._concat_per_head(q, self.cross_attn_query_pos_sine_proj(query_sine_embed))
-        attended = self.cross_attn(q, memory_keys, memory_values, key_mask=memory_mask)
+            q = q + position[1]
+        q = self._concat_heads(q, self.cross_attn_query_pos_sine_proj(query_sine_embed))
+        attended = self._attend(self.cross_attn, q, memory_keys, memory_values, memory_bias)
         queries = self.norm2(queries + self.dropout2(attended))
 
         ffn = self.linear2(self.dropout(self.activation(self.linear1(queries))))
         return self.norm3(queries + self.dropout3(ffn))
+
+
+def _fused_linear(x: torch.Tensor, *linears: nn.Linear) -> torch.Tensor:
+    """torch.cat([linear(x) for linear in linears], -1) as one GEMM."""
+    weight = torch.cat([linear.weight for linear in linears])
+    bias = torch.cat([linear.bias for linear in linears])
+    return F.linear(x, weight, bias)
 
 
 class AnchorDecoder(nn.Module):
@@ -132,9 +167,24 @@ class AnchorDecoder(nn.Module):
         self.anchor_offset_head = MLP(d, d, 2, 3)  # shared by all layers
         self.anchor_width_head = MLP(d, d, 1, 2)
 
-    def memory_keys_values(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every layer's cross-attention keys and values of the clips (see `AnchorDecoderLayer.memory_keys_values`)."""
-        return [layer.memory_keys_values(memory, memory_pos) for layer in self.layers]
+    def memory_keys_values(
+        self, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Every layer's cross-attention keys (B*heads, L, 2d/heads) and values (B*heads, L, d/heads) of the clips,
+        and the score bias of the clip mask (B*heads, 1, L). They depend on the memory only, so the Loop Decoder
+        computes them once per forward for all its passes; all layers' projections run as two GEMMs."""
+        layers, d = self.layers, self.hidden_size
+        content = _fused_linear(memory, *(proj for layer in layers for proj in (layer.cross_attn_key_content_proj, layer.cross_attn_value_proj)))
+        positions = _fused_linear(memory_pos, *(layer.cross_attn_key_pos_proj for layer in layers)).split(d, dim=-1)
+        contents = content.split(d, dim=-1)
+        keys_values = []
+        for layer, key, value, key_pos in zip(layers, contents[0::2], contents[1::2], positions):
+            if layer.is_first:
+                key = key + key_pos
+            keys_values.append((layer._concat_heads(key, key_pos), layer._split_heads(value)))
+        heads = self.layers[0].num_heads
+        bias = torch.zeros(memory_mask.shape, dtype=memory.dtype, device=memory.device).masked_fill_(~memory_mask, float("-inf"))
+        return keys_values, bias.repeat_interleave(heads, dim=0)[:, None, :]
 
     def forward(
         self,
@@ -143,16 +193,18 @@ class AnchorDecoder(nn.Module):
         memory_mask: torch.Tensor,
         memory_pos: torch.Tensor,
         anchors_unsigmoid: torch.Tensor,
-        memory_keys_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        memory_keys_values: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (B, Q, d), memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d), anchors_unsigmoid
-        (B, Q, 2); memory_keys_values: `self.memory_keys_values(memory, memory_pos)` if already computed ->
-        hidden_states (layers, B, Q, d) normalised, reference_anchors (layers, B, Q, 2): the anchor each layer got."""
+        (B, Q, 2); memory_keys_values: `self.memory_keys_values(memory, memory_mask, memory_pos)` if already
+        computed -> hidden_states (layers, B, Q, d) normalised, reference_anchors (layers, B, Q, 2): the anchor
+        each layer got."""
         if memory_keys_values is None:
-            memory_keys_values = self.memory_keys_values(memory, memory_pos)
+            memory_keys_values = self.memory_keys_values(memory, memory_mask, memory_pos)
+        keys_values, memory_bias = memory_keys_values
         anchors = anchors_unsigmoid.sigmoid()
         hidden_states, reference_anchors = [], [anchors]
-        for i, (layer, (memory_keys, memory_values)) in enumerate(zip(self.layers, memory_keys_values)):
+        for i, (layer, (memory_keys, memory_values)) in enumerate(zip(self.layers, keys_values)):
             sine_embed = anchor_sine_embedding(anchors, self.hidden_size)  # (B, Q, d)
             query_pos = self.anchor_position_head(sine_embed)
             if i > 0:
@@ -160,7 +212,7 @@ class AnchorDecoder(nn.Module):
             # width-modulated attention: scale by predicted width / anchor width
             width_ratio = self.anchor_width_head(queries).sigmoid()[..., 0] / anchors[..., 1]
             sine_embed = sine_embed * width_ratio[..., None]
-            queries = layer(queries, memory_keys, memory_values, memory_mask, query_pos, sine_embed)
+            queries = layer(queries, memory_keys, memory_values, memory_bias, query_pos, sine_embed)
 
             new_anchors = (self.anchor_offset_head(queries) + inverse_sigmoid(anchors)).sigmoid()
             if i < len(self.layers) - 1:
@@ -185,7 +237,7 @@ class LoopDecoder(nn.Module):
         batch = memory.shape[0]
         queries = memory.new_zeros(batch, self.anchor_embed.num_embeddings, memory.shape[-1])  # (B, Q, d)
         anchors_unsigmoid = self.anchor_embed.weight[None].expand(batch, -1, -1)  # (B, Q, 2)
-        memory_keys_values = self.decoder.memory_keys_values(memory, memory_pos)  # the same for every pass
+        memory_keys_values = self.decoder.memory_keys_values(memory, memory_mask, memory_pos)  # the same for every pass
         for _ in range(self.num_loops):
             hidden_states, reference_anchors = self.decoder(
                 queries, memory, memory_mask, memory_pos, anchors_unsigmoid, memory_keys_values=memory_keys_values
