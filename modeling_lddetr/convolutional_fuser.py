@@ -13,6 +13,7 @@ from torch import nn
 from .attention import MultiheadAttention
 from .configuration_lddetr import LDDetrConfig
 from .dropout import Dropout
+from .prelu import PReLU
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -61,7 +62,7 @@ class FeedForward(nn.Module):
     def __init__(self, config: LDDetrConfig):
         super().__init__()
         self.linear1 = nn.Linear(config.hidden_size, config.ffn_dim)
-        self.activation = nn.PReLU()
+        self.activation = PReLU()
         self.dropout = Dropout(config.activation_dropout)
         self.linear2 = nn.Linear(config.ffn_dim, config.hidden_size)
 

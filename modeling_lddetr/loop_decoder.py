@@ -18,6 +18,7 @@ from .attention import MultiheadAttention
 from .configuration_lddetr import LDDetrConfig
 from .dropout import Dropout, dropout
 from .position_encoding import anchor_sine_embedding
+from .prelu import PReLU
 from .span_ops import inverse_sigmoid
 
 
@@ -67,7 +68,7 @@ class AnchorDecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d)
 
         self.linear1 = nn.Linear(d, config.ffn_dim)
-        self.activation = nn.PReLU()
+        self.activation = PReLU()
         self.linear2 = nn.Linear(config.ffn_dim, d)
         self.norm3 = nn.LayerNorm(d)
         self.dropout = Dropout(config.activation_dropout)
