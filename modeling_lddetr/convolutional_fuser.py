@@ -1,6 +1,7 @@
 """Convolutional Fuser (paper §3.3): V2T extractor -> T2V encoder -> encoder 1 -> convolutional blocks -> encoder 2.
 
-Everything is batch first: video (B, L, d), text (B, N, d), masks (B, L) / (B, N) bool with True = valid.
+Everything is batch first and channel last, the convolutional blocks too: video (B, L, d), text (B, N, d), masks
+(B, L) / (B, N) bool with True = valid.
 Padded clips are kept out of attention keys, convolutions and BatchNorm statistics, so a video's fused features
 do not depend on the rest of its batch (the official code lets padding leak in: docs/official_code_differences.md).
 """
@@ -13,6 +14,7 @@ from torch import nn
 from .attention import MultiheadAttention
 from .configuration_lddetr import LDDetrConfig
 from .dropout import Dropout
+from .masked_convolution import masked_batch_norm, masked_conv1d
 from .prelu import PReLU
 
 
@@ -105,54 +107,58 @@ class EncoderLayer(_AttentionFeedForwardLayer):
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics come from the valid clips only, optionally synchronised across
-    processes. Same parameters and buffers as `nn.BatchNorm1d`; identical to it when nothing is padded."""
+    """BatchNorm over channel-last (B, L, C) inputs whose training statistics come from the valid clips only,
+    optionally synchronised across processes. Same parameters and buffers as `nn.BatchNorm1d`; identical to it
+    (on the transposed input) when nothing is padded."""
 
     def __init__(self, num_features: int, sync: bool = False):
         super().__init__(num_features)
         self.sync = sync
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (B, C, L); mask: (B, 1, L) float, 1 = valid
+        # x: (B, L, C); mask: (B, L, 1), 1 = valid
+        rows = x.reshape(-1, x.shape[-1])
         if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        x32 = x.float()
-        count = mask.sum()
-        total = (x32 * mask).sum(dim=(0, 2))
-        if self.sync and dist.is_available() and dist.is_initialized():
-            stats = dist.nn.functional.all_reduce(torch.cat([total, count[None]]))
-            total, count = stats[:-1], stats[-1]
-        mean = total / count
-        centered = (x32 - mean[None, :, None]) * mask
-        squares = (centered * centered).sum(dim=(0, 2))
-        if self.sync and dist.is_available() and dist.is_initialized():
-            squares = dist.nn.functional.all_reduce(squares)
-        var = squares / count
+            out = F.batch_norm(rows, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return out.view(x.shape)
+        sync = self.sync and dist.is_available() and dist.is_initialized()
+        out, mean, unbiased_var = masked_batch_norm(rows, mask.reshape(-1), self.weight, self.bias, self.eps, sync)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-            unbiased = var.detach() * count / (count - 1).clamp(min=1)
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-        out = (x32 - mean[None, :, None]) * torch.rsqrt(var + self.eps)[None, :, None]
-        return out * self.weight[None, :, None] + self.bias[None, :, None]
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), self.momentum)
+        return out.view(x.shape)
+
+
+class MaskedConv1d(nn.Conv1d):
+    """Conv1d (kernel 3, padding 1) over channel-last (B, L, C) inputs whose padded clips are zeroed first, so
+    that a video's last clips see the same zero padding as if the sequence ended there. Same parameters as
+    `nn.Conv1d(channels, channels, 3, padding=1)`."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, L, C); mask: (B, L, 1)
+        return masked_conv1d(x, mask, self.weight, self.bias)
 
 
 class ConvolutionalBlock(nn.Module):
-    """x <- ReLU(BN2(Conv2(ReLU(BN1(Conv1(x))))) + x), with padded clips zeroed before each convolution so that
-    a video's last clips see the same zero padding as if the sequence ended there."""
+    """x <- ReLU(BN2(Conv2(ReLU(BN1(Conv1(x))))) + x), channel-last, padded clips kept out of the convolutions
+    and of the BatchNorm statistics."""
 
     def __init__(self, config: LDDetrConfig):
         super().__init__()
         d = config.hidden_size
-        self.conv1 = nn.Conv1d(d, d, kernel_size=3, padding=1)
+        self.conv1 = MaskedConv1d(d)
         self.bn1 = MaskedBatchNorm1d(d, sync=config.sync_batchnorm)
-        self.conv2 = nn.Conv1d(d, d, kernel_size=3, padding=1)
+        self.conv2 = MaskedConv1d(d)
         self.bn2 = MaskedBatchNorm1d(d, sync=config.sync_batchnorm)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (B, d, L); mask: (B, 1, L) float
-        h = self.bn1(self.conv1(x * mask), mask).relu()
-        h = self.bn2(self.conv2(h * mask), mask)
+        # x: (B, L, d); mask: (B, L, 1) float
+        h = self.bn1(self.conv1(x, mask), mask).relu()
+        h = self.bn2(self.conv2(h, mask), mask)
         return (h + x).relu()
 
 
@@ -175,11 +181,11 @@ class ConvolutionalFuser(nn.Module):
         for layer in self.encoder1:
             x = layer(x, video_pos, video_mask)
         if len(self.convolutional_blocks):
-            conv_mask = video_mask[:, None, :].to(x.dtype)  # (B, 1, L)
-            h = x.transpose(1, 2).contiguous()  # a strided view would send Conv1d (and its backward) down a slow path
+            conv_mask = video_mask[:, :, None].to(x.dtype)  # (B, L, 1)
+            h = x
             for block in self.convolutional_blocks:
                 h = block(h, conv_mask)
-            x = h.transpose(1, 2).to(x.dtype)
+            x = h.to(x.dtype)  # the BatchNorms compute in fp32
         for layer in self.encoder2:
             x = layer(x, video_pos, video_mask)
         return x
