@@ -132,8 +132,8 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
 
 class MaskedConv1d(nn.Conv1d):
     """Conv1d (kernel 3, padding 1) over channel-last (B, L, C) inputs whose padded clips are zeroed first, so
-    that a video's last clips see the same zero padding as if the sequence ended there. Same parameters as
-    `nn.Conv1d(channels, channels, 3, padding=1)`."""
+    that a video's last clips see the same zero padding as if the sequence ended there. The last row of every
+    video must be padding (masked_conv1d). Same parameters as `nn.Conv1d(channels, channels, 3, padding=1)`."""
 
     def __init__(self, channels: int):
         super().__init__(channels, channels, kernel_size=3, padding=1)
@@ -145,7 +145,7 @@ class MaskedConv1d(nn.Conv1d):
 
 class ConvolutionalBlock(nn.Module):
     """x <- ReLU(BN2(Conv2(ReLU(BN1(Conv1(x))))) + x), channel-last, padded clips kept out of the convolutions
-    and of the BatchNorm statistics."""
+    and of the BatchNorm statistics. The last row of every video must be padding; its output is not meaningful."""
 
     def __init__(self, config: LDDetrConfig):
         super().__init__()
@@ -181,11 +181,13 @@ class ConvolutionalFuser(nn.Module):
         for layer in self.encoder1:
             x = layer(x, video_pos, video_mask)
         if len(self.convolutional_blocks):
-            conv_mask = video_mask[:, :, None].to(x.dtype)  # (B, L, 1)
-            h = x
+            # one padded row after every video: the convolutions run over the flattened rows, and it keeps each
+            # video's taps inside the video
+            conv_mask = F.pad(video_mask.to(x.dtype), (0, 1))[..., None]  # (B, L + 1, 1)
+            h = F.pad(x, (0, 0, 0, 1))  # (B, L + 1, d)
             for block in self.convolutional_blocks:
                 h = block(h, conv_mask)
-            x = h.to(x.dtype)  # the BatchNorms compute in fp32
+            x = h[:, : x.shape[1]].to(x.dtype, memory_format=torch.contiguous_format)  # the BatchNorms compute in fp32
         for layer in self.encoder2:
             x = layer(x, video_pos, video_mask)
         return x

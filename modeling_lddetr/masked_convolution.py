@@ -1,8 +1,9 @@
 """The convolutional blocks' two hot ops as autograd Functions on channel-last (B, L, C) tensors.
 
-`masked_conv1d`: Conv1d (kernel 3, padding 1) of x * mask as one GEMM over the three shifted copies of the input
-(im2col), and one GEMM each for grad-input and grad-weight: faster on CPU than mkldnn's convolution and its backward
-at (B, 256, 75), and no transposes around the blocks.
+`masked_conv1d`: Conv1d (kernel 3, padding 1) of x * mask over the flattened (B * L) rows, as three accumulating
+GEMMs (one per tap, on row-shifted views: no im2col copy), and three each for grad-input and grad-weight. The last
+row of every sequence must be padding: it keeps each sequence's taps from reaching into the next one. Faster on
+CPU than mkldnn's convolution and its backward at (B, 256, 75), and no transposes around the blocks.
 `masked_batch_norm`: BatchNorm statistics from the valid rows only (fp32, optionally summed across processes) and
 the analytical BatchNorm backward in a few passes, instead of autograd's ~15 elementwise ops.
 """
@@ -13,57 +14,58 @@ import torch.distributed as dist
 from .prelu import lower_precision_dtype
 
 
+def _accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    # out += a @ b inside the GEMM (beta = 1); addmm's out= form, unlike addmm_, is seen by torch's FLOP counter
+    torch.addmm(out, a, b, out=out)
+
+
 class _MaskedConv1d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # x (B, L, C_in), mask (B, L, 1), weight (C_out, C_in, 3) -> (B, L, C_out)
         dtype = lower_precision_dtype(x)
         batch, length, in_channels = x.shape
-        out_channels = weight.shape[0]
         with torch.autocast(x.device.type, enabled=False):
-            # columns[b, l, k] = (x * mask)[b, l + k - 1], zero outside the sequence
-            columns = x.new_empty((batch, length, 3, in_channels), dtype=dtype)
-            torch.mul(x, mask, out=columns[:, :, 1])
-            columns[:, 1:, 0] = columns[:, :-1, 1]
-            columns[:, 0, 0] = 0
-            columns[:, :-1, 2] = columns[:, 1:, 1]
-            columns[:, -1, 2] = 0
-            weight_matrix = weight.to(dtype).transpose(1, 2).reshape(out_channels, 3 * in_channels)  # (tap, C_in) order
-            flat_columns = columns.view(batch * length, 3 * in_channels)
-            if bias is None:
-                out = flat_columns @ weight_matrix.t()
-            else:
-                out = torch.addmm(bias.to(dtype), flat_columns, weight_matrix.t())
-        ctx.save_for_backward(columns, mask, weight_matrix)
+            masked = torch.empty(x.shape, dtype=dtype, device=x.device)
+            torch.mul(x, mask, out=masked)
+            masked = masked.view(batch * length, in_channels)
+            taps = weight.to(dtype).permute(2, 0, 1).contiguous()  # (3, C_out, C_in): taps[k] = weight[:, :, k]
+            # out[r] = taps applied to masked[r - 1], masked[r], masked[r + 1] (flattened rows)
+            out = masked @ taps[1].t() if bias is None else torch.addmm(bias.to(dtype), masked, taps[1].t())
+            _accumulate_product(out[1:], masked[:-1], taps[0].t())
+            _accumulate_product(out[:-1], masked[1:], taps[2].t())
+        ctx.save_for_backward(masked, mask, taps)
         ctx.input_dtypes = x.dtype, weight.dtype, None if bias is None else bias.dtype
-        return out.view(batch, length, out_channels)
+        return out.view(batch, length, -1)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        columns, mask, weight_matrix = ctx.saved_tensors
+        masked, mask, taps = ctx.saved_tensors
         x_dtype, weight_dtype, bias_dtype = ctx.input_dtypes
-        batch, length, _, in_channels = columns.shape
-        out_channels = weight_matrix.shape[0]
+        batch, length, _ = mask.shape
         with torch.autocast(grad_out.device.type, enabled=False):
-            grad = grad_out.reshape(batch * length, out_channels).to(columns.dtype)
-            grad_weight = grad.t() @ columns.view(batch * length, 3 * in_channels)  # (C_out, 3 * C_in)
-            grad_weight = grad_weight.view(out_channels, 3, in_channels).transpose(1, 2).to(weight_dtype, memory_format=torch.contiguous_format)
+            grad = grad_out.reshape(batch * length, -1).to(masked.dtype)
+            # row r fed tap 1 of output r, tap 0 of output r + 1 and tap 2 of output r - 1
+            grad_masked = grad @ taps[1]
+            _accumulate_product(grad_masked[:-1], grad[1:], taps[0])
+            _accumulate_product(grad_masked[1:], grad[:-1], taps[2])
+            grad_x = torch.empty(mask.shape[:2] + masked.shape[1:], dtype=x_dtype, device=grad.device)
+            torch.mul(grad_masked.view(grad_x.shape), mask, out=grad_x)
+            grad_taps = [grad[1:].t() @ masked[:-1], grad.t() @ masked, grad[:-1].t() @ masked[1:]]
+            grad_weight = torch.stack(grad_taps, dim=2).to(weight_dtype)  # (C_out, C_in, 3)
             grad_bias = None if bias_dtype is None else grad.sum(0).to(bias_dtype)
-            grad_columns = (grad @ weight_matrix).view(batch, length, 3, in_channels)
-            # col2im: clip l was tap 1 of output l, tap 0 of output l + 1 and tap 2 of output l - 1
-            grad_x = torch.empty_like(grad_columns[:, :, 1])
-            torch.add(grad_columns[:, :-1, 1], grad_columns[:, 1:, 0], out=grad_x[:, :-1])
-            grad_x[:, -1] = grad_columns[:, -1, 1]
-            grad_x[:, 1:] += grad_columns[:, :-1, 2]
-            grad_x = (grad_x * mask).to(x_dtype)
         return grad_x, None, grad_weight, grad_bias
 
 
 def masked_conv1d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Conv1d (kernel 3, padding 1) of x * mask; x (B, L, C_in), mask (B, L, 1), weight (C_out, C_in, 3) ->
-    (B, L, C_out). Runs in the autocast dtype under autocast, as F.conv1d."""
+    (B, L, C_out). The last row of every sequence must be padding (mask 0): its output also sees the next
+    sequence's first row; every other row equals nn.Conv1d's. Runs in the autocast dtype under autocast, as
+    F.conv1d."""
     if weight.shape[2] != 3:
         raise ValueError(f"masked_conv1d is a kernel-3 convolution, got a weight of shape {tuple(weight.shape)}")
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask[:, -1].any()):
+        raise ValueError("masked_conv1d needs a padded last row (mask 0) in every sequence, to keep sequences apart")
     return _MaskedConv1d.apply(x, mask, weight, bias)
 
 

@@ -12,7 +12,12 @@ from modeling_lddetr.configuration_lddetr import LDDetrConfig
 from modeling_lddetr.convolutional_fuser import ConvolutionalBlock, MaskedBatchNorm1d, MaskedConv1d
 from modeling_lddetr.masked_convolution import _MaskedBatchNorm, _MaskedConv1d
 
-LENGTHS = [7, 4, 1, 7]  # a full-length video, padded ones and a single clip
+LENGTHS = [7, 4, 1, 7]  # full-length videos, padded ones and a single clip
+
+
+def _with_padded_last_row(x: torch.Tensor) -> torch.Tensor:
+    """(B, L, C) -> (B, L + 1, C) with a zero row after every sequence, as the fuser feeds the blocks."""
+    return F.pad(x, (0, 0, 0, 1))
 
 
 def _mask(lengths: list[int], length: int, dtype=torch.float32) -> torch.Tensor:
@@ -36,26 +41,26 @@ def _reference_masked_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torc
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_conv_backward_passes_gradcheck_in_float64_with_padding(with_bias):
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 7, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    x = torch.randn(4, 8, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(5, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     bias = torch.randn(5, dtype=torch.float64, generator=generator, requires_grad=True) if with_bias else None
-    mask = _mask(LENGTHS, 7, torch.float64)[..., None]
+    mask = _mask(LENGTHS, 8, torch.float64)[..., None]
     assert torch.autograd.gradcheck(lambda x, w, b: _MaskedConv1d.apply(x, mask, w, b), (x, weight, bias))
 
 
 @pytest.mark.parametrize("lengths", [[9, 9, 9], [9, 3, 6]])
 def test_conv_equals_nn_conv1d_of_the_masked_input_forward_and_backward(lengths):
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 9, 16, generator=generator)
+    x = torch.randn(3, 10, 16, generator=generator)  # 9 clips and the padded last row
     grad = torch.randn(3, 9, 16, generator=generator)
-    mask = _mask(lengths, 9)[..., None]
+    mask = _mask(lengths, 10)[..., None]
     ours = MaskedConv1d(16)
     reference = nn.Conv1d(16, 16, 3, padding=1)
     reference.load_state_dict(ours.state_dict())
 
     x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours = ours(x_ours, mask)
-    y_ref = reference((x_ref * mask).transpose(1, 2)).transpose(1, 2)
+    y_ours = ours(x_ours, mask)[:, :9]
+    y_ref = reference((x_ref * mask).transpose(1, 2)).transpose(1, 2)[:, :9]
     torch.testing.assert_close(y_ours, y_ref, atol=1e-6, rtol=1e-6)
     y_ours.backward(grad)
     y_ref.backward(grad)
@@ -64,17 +69,22 @@ def test_conv_equals_nn_conv1d_of_the_masked_input_forward_and_backward(lengths)
     torch.testing.assert_close(ours.bias.grad, reference.bias.grad, atol=1e-5, rtol=1e-6)
 
 
+def test_conv_rejects_a_mask_without_a_padded_last_row():
+    with pytest.raises(ValueError, match="padded last row"):
+        MaskedConv1d(4)(torch.randn(2, 5, 4), _mask([5, 3], 5)[..., None])
+
+
 def test_conv_under_bf16_autocast_matches_nn_conv1d_and_returns_fp32_gradients():
     generator = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 6, 8, generator=generator)
-    mask = _mask([6, 4], 6)[..., None]
+    x = torch.randn(2, 7, 8, generator=generator)
+    mask = _mask([6, 4], 7)[..., None]
     ours = MaskedConv1d(8)
     reference = nn.Conv1d(8, 8, 3, padding=1)
     reference.load_state_dict(ours.state_dict())
     x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_ours = ours(x_ours, mask)
-        y_ref = reference((x_ref * mask).transpose(1, 2)).transpose(1, 2)
+        y_ours = ours(x_ours, mask)[:, :6]
+        y_ref = reference((x_ref * mask).transpose(1, 2)).transpose(1, 2)[:, :6]
     assert y_ours.dtype == y_ref.dtype == torch.bfloat16
     torch.testing.assert_close(y_ours.float(), y_ref.float(), atol=2e-2, rtol=2e-2)
     y_ours.float().sum().backward()
@@ -148,7 +158,7 @@ def test_batch_norm_with_padding_equals_autograd_masked_batch_norm_and_ignores_p
     torch.testing.assert_close(ours.running_var, 0.9 + 0.1 * valid.var(0), atol=1e-6, rtol=1e-6)
 
 
-def test_block_equals_the_channels_first_composition_of_nn_conv1d_and_masked_batch_norm():
+def test_block_with_a_padded_last_row_equals_the_channels_first_composition_of_nn_conv1d_and_masked_batch_norm():
     config = LDDetrConfig(hidden_size=16, num_attention_heads=4, ffn_dim=32)
     block = ConvolutionalBlock(config).train()
     twin = copy.deepcopy(block)
@@ -157,7 +167,7 @@ def test_block_equals_the_channels_first_composition_of_nn_conv1d_and_masked_bat
     grad = torch.randn(4, 7, 16, generator=generator)
     mask = _mask(LENGTHS, 7)[..., None]
     x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours = block(x_ours, mask)
+    y_ours = block(_with_padded_last_row(x_ours), _with_padded_last_row(mask))[:, :7]
 
     channels_first, mask_cf = x_ref.transpose(1, 2), mask.transpose(1, 2)
     h = F.conv1d(channels_first * mask_cf, twin.conv1.weight, twin.conv1.bias, padding=1)
