@@ -48,8 +48,9 @@ class MultiheadAttention(nn.Module):
 
     With `project_inputs=True` it is the usual attention with query/key/value projections (the official encoders
     use `torch.nn.MultiheadAttention`). With `project_inputs=False` the caller projects queries, keys and values
-    itself, as the DAB-style decoder does; queries/keys may then be wider than values (the decoder's
-    cross-attention concatenates content and position per head, so query/key heads are twice as wide).
+    itself; queries/keys may then be wider than values. The Loop Decoder builds its attentions that way but computes
+    them itself (loop_decoder.py), using only `out_proj` and the dropout rate of this module, which keep the
+    official parameter names.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float, value_dim: int | None = None, project_inputs: bool = True):
