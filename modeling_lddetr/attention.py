@@ -11,36 +11,51 @@ from torch import nn
 from .dropout import dropout
 
 
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None, dropout_p: float, training: bool) -> torch.Tensor:
+    """softmax(query keyᵀ / sqrt(E) + bias) value, written out, with this package's dropout on the weights.
+
+    query (N, Lq, E), key (N, Lk, E), value (N, Lk, Ev) with N = batch * heads; bias (N, 1, Lk) added to the scores
+    (-inf = masked key) or None -> (N, Lq, Ev). The scale goes on the queries, the softmax runs in fp32.
+    """
+    query = query * query.shape[-1] ** -0.5
+    scores = torch.bmm(query, key.transpose(1, 2)) if bias is None else torch.baddbmm(bias, query, key.transpose(1, 2))
+    weights = dropout(scores.float().softmax(-1), dropout_p, training)
+    return torch.bmm(weights.to(value.dtype), value)
+
+
 def attention_with_dropout(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor | None, dropout_p: float
 ) -> torch.Tensor:
-    """The math of `F.scaled_dot_product_attention(..., dropout_p)` written out, with this package's cheaper CPU
-    dropout on the attention weights (SDPA draws its CPU mask with torch's slow `bernoulli_`).
+    """The math of `F.scaled_dot_product_attention(..., dropout_p)` in training, through `attend`, so that the
+    attention weights get this package's cheaper CPU dropout (SDPA draws its CPU mask with torch's slow
+    `bernoulli_`).
 
     query (B, H, Lq, E), key (B, H, Lk, E), value (B, H, Lk, Ev), key_mask (B, Lk) bool, True = attend
     -> (B, H, Lq, Ev).
     """
     batch, heads, query_length, width = query.shape
     key_length, value_width = key.shape[2], value.shape[3]
-    # -inf on the masked keys, added to the scores by the same GEMM that scales them
-    bias = query.new_zeros(batch, 1, 1, key_length)
+    bias = None
     if key_mask is not None:
-        bias.masked_fill_(~key_mask[:, None, None, :], float("-inf"))
-    scores = torch.baddbmm(
-        bias.expand(batch, heads, 1, key_length).reshape(batch * heads, 1, key_length),
+        bias = query.new_zeros(batch, 1, key_length).masked_fill_(~key_mask[:, None, :], float("-inf"))
+        bias = bias.repeat_interleave(heads, dim=0)  # (B * H, 1, Lk)
+    out = attend(
         query.reshape(batch * heads, query_length, width),
-        key.reshape(batch * heads, key_length, width).transpose(1, 2),
-        alpha=width**-0.5,
-    )  # (B * H, Lq, Lk)
-    weights = dropout(scores.softmax(-1), dropout_p, training=True)
-    return torch.bmm(weights, value.reshape(batch * heads, key_length, value_width)).view(batch, heads, query_length, value_width)
+        key.reshape(batch * heads, key_length, width),
+        value.reshape(batch * heads, key_length, value_width),
+        bias,
+        dropout_p,
+        training=True,
+    )
+    return out.view(batch, heads, query_length, value_width)
 
 
-def _fused_linear(x: torch.Tensor, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """`(linear(x) for linear in linears)` as one GEMM; autograd splits the weight gradient back."""
+def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> torch.Tensor:
+    """`torch.cat([linear(x) for linear in linears], -1)` as one GEMM. The weights are concatenated per call, so
+    the parameter names and shapes stay those of separate projections; autograd splits the weight gradient back."""
     weight = torch.cat([linear.weight for linear in linears])
     bias = torch.cat([linear.bias for linear in linears])
-    return F.linear(x, weight, bias).split([linear.out_features for linear in linears], dim=-1)
+    return F.linear(x, weight, bias)
 
 
 class MultiheadAttention(nn.Module):
@@ -72,9 +87,9 @@ class MultiheadAttention(nn.Module):
         # The callers pass the very same tensor for shared inputs (`is`, not equal values). The weights are
         # concatenated per call so that parameter names and shapes stay those of separate projections.
         if query is key:
-            return (*_fused_linear(query, self.q_proj, self.k_proj), self.v_proj(value))
+            return (*fused_linear(query, self.q_proj, self.k_proj).split(self.q_proj.out_features, dim=-1), self.v_proj(value))
         if key is value:
-            return (self.q_proj(query), *_fused_linear(key, self.k_proj, self.v_proj))
+            return (self.q_proj(query), *fused_linear(key, self.k_proj, self.v_proj).split(self.k_proj.out_features, dim=-1))
         return self.q_proj(query), self.k_proj(key), self.v_proj(value)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:

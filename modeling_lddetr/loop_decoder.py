@@ -11,12 +11,11 @@ The official release returns inside its loop, so it always makes exactly one pas
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .attention import MultiheadAttention
+from .attention import MultiheadAttention, attend, fused_linear
 from .configuration_lddetr import LDDetrConfig
-from .dropout import Dropout, dropout
+from .dropout import Dropout
 from .position_encoding import anchor_sine_embedding
 from .prelu import PReLU
 from .span_ops import inverse_sigmoid
@@ -99,16 +98,14 @@ class AnchorDecoderLayer(nn.Module):
     def _attend(
         self, attention: MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        """Scaled dot-product attention on head-split inputs: query (B*heads, Q, w), key (B*heads, S, w),
-        value (B*heads, S, wv), bias (B*heads, 1, S) added to the scores (-inf = masked) -> (B, Q, heads * wv).
+        """`attend` on head-split inputs, then the output projection: query (B*heads, Q, w), key (B*heads, S, w),
+        value (B*heads, S, wv), bias (B*heads, 1, S) -> (B, Q, heads * wv).
 
         Written out rather than `F.scaled_dot_product_attention`: with query/key heads wider than value heads, or
         with dropout, torch's CPU kernel falls back to a math path that copies and rescales the keys on every call,
-        while these keys are built once per forward. The scale goes on the (few) queries, not on the keys."""
-        query = query * query.shape[-1] ** -0.5
-        scores = torch.bmm(query, key.transpose(1, 2)) if bias is None else torch.baddbmm(bias, query, key.transpose(1, 2))
-        weights = dropout(scores.float().softmax(-1), attention.dropout, self.training)
-        return attention.out_proj(self._merge_heads(torch.bmm(weights.to(value.dtype), value)))
+        while these keys are built once per forward."""
+        out = attend(query, key, value, bias, attention.dropout, self.training)
+        return attention.out_proj(self._merge_heads(out))
 
     def forward(
         self,
@@ -124,11 +121,11 @@ class AnchorDecoderLayer(nn.Module):
         (B, Q, d) -> (B, Q, d)."""
         d = queries.shape[-1]
         # the projections that read the same input run as one GEMM (weights concatenated, names unchanged)
-        content = _fused_linear(queries, self.self_attn_query_content_proj, self.self_attn_key_content_proj, self.self_attn_value_proj)
+        content = fused_linear(queries, self.self_attn_query_content_proj, self.self_attn_key_content_proj, self.self_attn_value_proj)
         position_projs = [self.self_attn_query_pos_proj, self.self_attn_key_pos_proj]
         if self.is_first:
             position_projs.append(self.cross_attn_query_pos_proj)
-        position = _fused_linear(query_pos, *position_projs)
+        position = fused_linear(query_pos, *position_projs)
         # split, not sliced: the backward of a split is one cat, that of each slice a zero-filled full-size gradient
         content_qk, content_v = content.split([2 * d, d], dim=-1)
         position = position.split([2 * d, d] if self.is_first else [2 * d], dim=-1)
@@ -145,13 +142,6 @@ class AnchorDecoderLayer(nn.Module):
 
         ffn = self.linear2(self.dropout(self.activation(self.linear1(queries))))
         return self.norm3(queries + self.dropout3(ffn))
-
-
-def _fused_linear(x: torch.Tensor, *linears: nn.Linear) -> torch.Tensor:
-    """torch.cat([linear(x) for linear in linears], -1) as one GEMM."""
-    weight = torch.cat([linear.weight for linear in linears])
-    bias = torch.cat([linear.bias for linear in linears])
-    return F.linear(x, weight, bias)
 
 
 class AnchorDecoder(nn.Module):
@@ -175,8 +165,8 @@ class AnchorDecoder(nn.Module):
         and the score bias of the clip mask (B*heads, 1, L). They depend on the memory only, so the Loop Decoder
         computes them once per forward for all its passes; all layers' projections run as two GEMMs."""
         layers, d = self.layers, self.hidden_size
-        content = _fused_linear(memory, *(proj for layer in layers for proj in (layer.cross_attn_key_content_proj, layer.cross_attn_value_proj)))
-        positions = _fused_linear(memory_pos, *(layer.cross_attn_key_pos_proj for layer in layers)).split(d, dim=-1)
+        content = fused_linear(memory, *(proj for layer in layers for proj in (layer.cross_attn_key_content_proj, layer.cross_attn_value_proj)))
+        positions = fused_linear(memory_pos, *(layer.cross_attn_key_pos_proj for layer in layers)).split(d, dim=-1)
         contents = content.split(d, dim=-1)
         keys_values = []
         for layer, key, value, key_pos in zip(layers, contents[0::2], contents[1::2], positions):

@@ -68,8 +68,8 @@ def _separately_projected(layer: MultiheadAttention, query, key, value, key_mask
 @pytest.mark.parametrize("shared", ["query is key", "key is value"])
 def test_fused_projections_give_the_outputs_and_gradients_of_separate_ones(shared, monkeypatch):
     fused_calls = []
-    fused_linear = attention._fused_linear
-    monkeypatch.setattr(attention, "_fused_linear", lambda *args: fused_calls.append(args[1:]) or fused_linear(*args))
+    fused_linear = attention.fused_linear
+    monkeypatch.setattr(attention, "fused_linear", lambda *args: fused_calls.append(args[1:]) or fused_linear(*args))
     torch.manual_seed(2)
     layer = MultiheadAttention(32, HEADS, dropout=0.0).train()
     if shared == "query is key":
