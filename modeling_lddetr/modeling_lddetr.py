@@ -245,20 +245,22 @@ class LDDetrModel(LDDetrPreTrainedModel):
             )
         if not config.validate_inputs or torch.compiler.is_compiling():
             return
-        features = {"video_features": video_features, "text_features": text_features, "audio_features": audio_features}
+        # problem -> the features it screens: a non-finite sum, confirmed below (an overflowing sum of finite
+        # features is no problem)
+        screened = {"video_features contain NaN or inf": video_features, "text_features contain NaN or inf": text_features}
         checks = {
-            "video_features contain NaN or inf": _sum_is_not_finite(video_features),
-            "text_features contain NaN or inf": _sum_is_not_finite(text_features),
+            **{problem: _sum_is_not_finite(features) for problem, features in screened.items()},
             "a video has no valid clip (all-masked video_attention_mask)": ~video_mask.any(1).all(),
             "a query has no valid token (all-masked text_attention_mask)": ~text_mask.any(1).all(),
             "video_attention_mask is not a prefix mask (valid clips must come first)": (video_mask[:, 1:] > video_mask[:, :-1]).any(),
         }
         if audio_features is not None:
+            screened["audio_features contain NaN or inf"] = audio_features
             checks["audio_features contain NaN or inf"] = _sum_is_not_finite(audio_features)
         failed = torch.stack(list(checks.values())).tolist()  # one host-device sync for all checks
-        problems = [name for name, bad in zip(checks, failed) if bad]
-        # a non-finite sum of finite features (an overflow) is no problem
-        problems = [name for name in problems if name.split()[0] not in features or _has_nan_or_inf(features[name.split()[0]])]
+        problems = [
+            problem for problem, bad in zip(checks, failed) if bad and (problem not in screened or _has_nan_or_inf(screened[problem]))
+        ]
         if problems:
             raise ValueError("Invalid LD-DETR inputs: " + "; ".join(problems) + ".")
 
