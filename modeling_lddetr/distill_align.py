@@ -59,8 +59,8 @@ class _QueueSnapshot:
 
 
 class _QueueLogits(torch.autograd.Function):
-    """query (B, d) @ queue (d, K), without saving a copy of the queue for backward; given `targets` (b, d), also
-    targets @ queue (no gradient) from the same GEMM, whose 2B rows run much faster than two GEMMs of B rows.
+    """query (B, d) @ queue (d, K), without saving a copy of the queue for backward, and targets (b, d) @ queue (no
+    gradient) from the same GEMM, whose 2B rows run much faster than two GEMMs of B rows.
 
     The queue is updated in place (enqueue) after the loss and before backward. Its gradient w.r.t. the query
     needs the queue as it was, so the backward takes the current queue and swaps the overwritten columns back
@@ -68,11 +68,9 @@ class _QueueLogits(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, snapshot, targets=None):
+    def forward(ctx, query, snapshot, targets):
         ctx.snapshot = snapshot
         ctx.version = snapshot.queue._version
-        if targets is None:
-            return query @ snapshot.queue
         query_logits, target_logits = (torch.cat([query, targets]) @ snapshot.queue).split([query.shape[0], targets.shape[0]])
         ctx.mark_non_differentiable(target_logits)
         return query_logits, target_logits

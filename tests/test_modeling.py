@@ -289,10 +289,11 @@ def test_queue_logits_backward_passes_gradcheck():
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
     original = torch.randn(4, 6, dtype=torch.float64, generator=generator)
+    targets = torch.randn(2, 4, dtype=torch.float64, generator=generator)
 
     def logits_then_enqueue(query):
         snapshot = _QueueSnapshot(original.clone())
-        logits = _QueueLogits.apply(query, snapshot)
+        logits, _ = _QueueLogits.apply(query, snapshot, targets)
         # what DistillAlign._enqueue does between the loss and the backward
         snapshot.columns = torch.tensor([4, 5, 0])
         snapshot.old_values = snapshot.queue[:, snapshot.columns]
@@ -300,5 +301,5 @@ def test_queue_logits_backward_passes_gradcheck():
         snapshot.version_after_enqueue = snapshot.queue._version
         return logits
 
-    assert torch.autograd.gradcheck(lambda q: _QueueLogits.apply(q, _QueueSnapshot(original)), (query,))
+    assert torch.autograd.gradcheck(lambda q: _QueueLogits.apply(q, _QueueSnapshot(original), targets)[0], (query,))
     assert torch.autograd.gradcheck(logits_then_enqueue, (query,))
