@@ -36,7 +36,7 @@ class HighlightDetectionHead(nn.Module):
     features. No gradient reaches the spans or classes (argmax and floor).
 
     By default the moment is mapped to clips with each video's own length and clamped indices, and the GRU state
-    is read after the moment's last clip. With `official_highlight_slicing` it reproduces the official code: the
+    is read after the moment's last clip (in eager CPU runs the GRU stops after the longest moment). With `official_highlight_slicing` it reproduces the official code: the
     padded length, Python slice semantics (a negative start wraps around; most such slices are empty) and a GRU run
     over the zero padding up to the padded length.
     """
@@ -79,9 +79,13 @@ class HighlightDetectionHead(nn.Module):
         start, count = self._moment_clip_range(logits.detach().float(), spans.detach().float(), video_mask)
         if self.official_slicing:
             steps_run, read_at = padded_length, torch.full_like(count, padded_length - 1)
-        else:
+        elif video.device.type == "cpu" and not torch.compiler.is_compiling():
             # the state is read after each moment's last clip: the GRU stops after the longest moment
             steps_run, read_at = max(int(count.max()), 1), (count - 1).clamp(min=0)
+        else:
+            # the same states, read at the same steps, but without the moment length on the host: on an
+            # accelerator that would be a host-device sync, and under torch.compile a graph break
+            steps_run, read_at = padded_length, (count - 1).clamp(min=0)
         steps = torch.arange(steps_run, device=video.device)[None, :]  # (1, T)
         gather_idx = (start[:, None] + steps).clamp(max=padded_length - 1)  # (B, T)
         moment = video.gather(1, gather_idx[..., None].expand(-1, -1, d))
