@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """Bool CPU tensor of `shape`, each element True (kept) with probability 1 - p, independently."""
     numel = math.prod(shape)
