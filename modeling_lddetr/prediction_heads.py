@@ -79,13 +79,12 @@ class HighlightDetectionHead(nn.Module):
         start, count = self._moment_clip_range(logits.detach().float(), spans.detach().float(), video_mask)
         if self.official_slicing:
             steps_run, read_at = padded_length, torch.full_like(count, padded_length - 1)
-        elif video.device.type == "cpu" and not torch.compiler.is_compiling():
-            # the state is read after each moment's last clip: the GRU stops after the longest moment
-            steps_run, read_at = max(int(count.max()), 1), (count - 1).clamp(min=0)
         else:
-            # the same states, read at the same steps, but without the moment length on the host: on an
-            # accelerator that would be a host-device sync, and under torch.compile a graph break
-            steps_run, read_at = padded_length, (count - 1).clamp(min=0)
+            read_at = (count - 1).clamp(min=0)  # the state after each moment's last clip
+            # eager on the CPU the GRU stops after the longest moment; elsewhere reading that length on the host
+            # would be a host-device sync (accelerators) or a graph break (torch.compile)
+            eager_cpu = video.device.type == "cpu" and not torch.compiler.is_compiling()
+            steps_run = max(int(count.max()), 1) if eager_cpu else padded_length
         steps = torch.arange(steps_run, device=video.device)[None, :]  # (1, T)
         gather_idx = (start[:, None] + steps).clamp(max=padded_length - 1)  # (B, T)
         moment = video.gather(1, gather_idx[..., None].expand(-1, -1, d))
