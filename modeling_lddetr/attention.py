@@ -23,6 +23,12 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: to
     return torch.bmm(weights.to(value.dtype), value)
 
 
+def key_mask_bias(key_mask: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """key_mask (B, Lk) bool, True = attend -> the scores' bias for `attend`, (B * heads, 1, Lk): 0 or -inf."""
+    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill_(~key_mask, float("-inf"))
+    return bias.repeat_interleave(heads, dim=0)[:, None, :]
+
+
 def attention_with_dropout(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor | None, dropout_p: float
 ) -> torch.Tensor:
@@ -35,10 +41,7 @@ def attention_with_dropout(
     """
     batch, heads, query_length, width = query.shape
     key_length, value_width = key.shape[2], value.shape[3]
-    bias = None
-    if key_mask is not None:
-        bias = query.new_zeros(batch, 1, key_length).masked_fill_(~key_mask[:, None, :], float("-inf"))
-        bias = bias.repeat_interleave(heads, dim=0)  # (B * H, 1, Lk)
+    bias = None if key_mask is None else key_mask_bias(key_mask, heads, query.dtype)
     out = attend(
         query.reshape(batch * heads, query_length, width),
         key.reshape(batch * heads, key_length, width),

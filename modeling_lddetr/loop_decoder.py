@@ -13,7 +13,7 @@ The official release returns inside its loop, so it always makes exactly one pas
 import torch
 from torch import nn
 
-from .attention import MultiheadAttention, attend, fused_linear
+from .attention import MultiheadAttention, attend, fused_linear, key_mask_bias
 from .configuration_lddetr import LDDetrConfig
 from .dropout import Dropout
 from .position_encoding import anchor_sine_embedding
@@ -173,9 +173,7 @@ class AnchorDecoder(nn.Module):
             if layer.is_first:
                 key = key + key_pos
             keys_values.append((layer._concat_heads(key, key_pos), layer._split_heads(value)))
-        heads = self.layers[0].num_heads
-        bias = torch.zeros(memory_mask.shape, dtype=memory.dtype, device=memory.device).masked_fill_(~memory_mask, float("-inf"))
-        return keys_values, bias.repeat_interleave(heads, dim=0)[:, None, :]
+        return keys_values, key_mask_bias(memory_mask, self.layers[0].num_heads, memory.dtype)
 
     def forward(
         self,
