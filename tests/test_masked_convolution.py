@@ -38,6 +38,16 @@ def _reference_masked_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torc
     return out * bn.weight[None, :, None] + bn.bias[None, :, None]
 
 
+def _forward_backward(ours, reference, x: torch.Tensor, grad: torch.Tensor):
+    """Run `ours` and `reference` on copies of x and backpropagate `grad` through both ->
+    (y_ours, y_ref, x_ours.grad, x_ref.grad)."""
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_ref = ours(x_ours), reference(x_ref)
+    y_ours.backward(grad)
+    y_ref.backward(grad)
+    return y_ours, y_ref, x_ours.grad, x_ref.grad
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_conv_backward_passes_gradcheck_in_float64_with_padding(with_bias):
     generator = torch.Generator().manual_seed(0)
@@ -58,13 +68,11 @@ def test_conv_equals_nn_conv1d_of_the_masked_input_forward_and_backward(lengths)
     reference = nn.Conv1d(16, 16, 3, padding=1)
     reference.load_state_dict(ours.state_dict())
 
-    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours = ours(x_ours, mask)[:, :9]
-    y_ref = reference((x_ref * mask).transpose(1, 2)).transpose(1, 2)[:, :9]
+    y_ours, y_ref, grad_ours, grad_ref = _forward_backward(
+        lambda x: ours(x, mask)[:, :9], lambda x: reference((x * mask).transpose(1, 2)).transpose(1, 2)[:, :9], x, grad
+    )
     torch.testing.assert_close(y_ours, y_ref, atol=1e-6, rtol=1e-6)
-    y_ours.backward(grad)
-    y_ref.backward(grad)
-    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_ref, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(ours.bias.grad, reference.bias.grad, atol=1e-5, rtol=1e-6)
 
@@ -122,13 +130,11 @@ def test_batch_norm_equals_nn_batchnorm1d_when_nothing_is_padded():
     for step in range(2):  # running stats after two updates
         x = 3 * torch.randn(3, 10, 6, generator=generator) + 1
         grad = torch.randn(3, 10, 6, generator=generator)
-        x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y_ours = ours(x_ours, mask)
-        y_ref = reference(x_ref.transpose(1, 2)).transpose(1, 2)
+        y_ours, y_ref, grad_ours, grad_ref = _forward_backward(
+            lambda x: ours(x, mask), lambda x: reference(x.transpose(1, 2)).transpose(1, 2), x, grad
+        )
         torch.testing.assert_close(y_ours, y_ref, atol=1e-6, rtol=1e-6)
-        y_ours.backward(grad)
-        y_ref.backward(grad)
-        torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(grad_ours, grad_ref, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(ours.bias.grad, reference.bias.grad, atol=1e-5, rtol=1e-6)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
@@ -144,13 +150,14 @@ def test_batch_norm_with_padding_equals_autograd_masked_batch_norm_and_ignores_p
     x = 2 * torch.randn(4, 7, 6, generator=generator) - 1
     x = torch.where(mask.bool(), x, 1e3)  # padded values far from the valid ones: they must not reach the stats
     grad = torch.randn(4, 7, 6, generator=generator)  # gradients also on padded rows (they depend on the stats)
-    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours = ours(x_ours, mask)
-    y_ref = _reference_masked_batch_norm(reference, x_ref.transpose(1, 2), mask.transpose(1, 2)).transpose(1, 2)
+    y_ours, y_ref, grad_ours, grad_ref = _forward_backward(
+        lambda x: ours(x, mask),
+        lambda x: _reference_masked_batch_norm(reference, x.transpose(1, 2), mask.transpose(1, 2)).transpose(1, 2),
+        x,
+        grad,
+    )
     torch.testing.assert_close(y_ours, y_ref, atol=1e-5, rtol=1e-6)
-    y_ours.backward(grad)
-    y_ref.backward(grad)
-    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_ours, grad_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(ours.bias.grad, reference.bias.grad, atol=1e-5, rtol=1e-6)
     valid = x[mask[..., 0].bool()]  # (valid clips, C): the statistics of nn.BatchNorm1d over them alone
@@ -166,20 +173,21 @@ def test_block_with_a_padded_last_row_equals_the_channels_first_composition_of_n
     x = torch.randn(4, 7, 16, generator=generator)
     grad = torch.randn(4, 7, 16, generator=generator)
     mask = _mask(LENGTHS, 7)[..., None]
-    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours = block(_with_padded_last_row(x_ours), _with_padded_last_row(mask))[:, :7]
+    mask_cf = mask.transpose(1, 2)
 
-    channels_first, mask_cf = x_ref.transpose(1, 2), mask.transpose(1, 2)
-    h = F.conv1d(channels_first * mask_cf, twin.conv1.weight, twin.conv1.bias, padding=1)
-    h = _reference_masked_batch_norm(twin.bn1, h, mask_cf).relu()
-    h = F.conv1d(h * mask_cf, twin.conv2.weight, twin.conv2.bias, padding=1)
-    h = _reference_masked_batch_norm(twin.bn2, h, mask_cf)
-    y_ref = (h + channels_first).relu().transpose(1, 2)
+    def reference(x):
+        channels_first = x.transpose(1, 2)
+        h = F.conv1d(channels_first * mask_cf, twin.conv1.weight, twin.conv1.bias, padding=1)
+        h = _reference_masked_batch_norm(twin.bn1, h, mask_cf).relu()
+        h = F.conv1d(h * mask_cf, twin.conv2.weight, twin.conv2.bias, padding=1)
+        h = _reference_masked_batch_norm(twin.bn2, h, mask_cf)
+        return (h + channels_first).relu().transpose(1, 2)
 
+    y_ours, y_ref, grad_ours, grad_ref = _forward_backward(
+        lambda x: block(_with_padded_last_row(x), _with_padded_last_row(mask))[:, :7], reference, x, grad
+    )
     torch.testing.assert_close(y_ours, y_ref, atol=1e-5, rtol=1e-5)
-    y_ours.backward(grad)
-    y_ref.backward(grad)
-    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_ours, grad_ref, atol=1e-5, rtol=1e-5)
     for (name, p_ours), (_, p_ref) in zip(block.named_parameters(), twin.named_parameters()):
         torch.testing.assert_close(p_ours.grad, p_ref.grad, atol=1e-4, rtol=1e-5, msg=name)
     for (name, b_ours), (_, b_ref) in zip(block.named_buffers(), twin.named_buffers()):
