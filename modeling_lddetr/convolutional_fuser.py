@@ -65,7 +65,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(config.hidden_size, config.ffn_dim)
         self.activation = PReLU()
-        self.dropout = Dropout(config.activation_dropout)
+        # in place: the activation's output is read by nothing else (PReLU saves its input)
+        self.dropout = Dropout(config.activation_dropout, inplace=True)
         self.linear2 = nn.Linear(config.ffn_dim, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +82,9 @@ class _AttentionFeedForwardLayer(nn.Module):
         self.norm1 = nn.LayerNorm(config.hidden_size)
         self.norm2 = nn.LayerNorm(config.hidden_size)
         self.ffn = FeedForward(config)
-        self.dropout1 = Dropout(config.hidden_dropout)
-        self.dropout2 = Dropout(config.hidden_dropout)
+        # in place: they act on fresh projection outputs, before the residual sums
+        self.dropout1 = Dropout(config.hidden_dropout, inplace=True)
+        self.dropout2 = Dropout(config.hidden_dropout, inplace=True)
 
 
 class T2VEncoderLayer(_AttentionFeedForwardLayer):

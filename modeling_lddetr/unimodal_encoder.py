@@ -12,10 +12,11 @@ class UnimodalEncoder(nn.Module):
     def __init__(self, input_dim: int, hidden_size: int, dropout: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(input_dim)
-        self.dropout1 = Dropout(dropout)
+        # in place: LayerNorm saves its input, not its output
+        self.dropout1 = Dropout(dropout, inplace=True)
         self.linear1 = nn.Linear(input_dim, hidden_size)
         self.norm2 = nn.LayerNorm(hidden_size)
-        self.dropout2 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout, inplace=True)
         self.linear2 = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
