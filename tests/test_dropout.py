@@ -13,7 +13,7 @@ def _within_binomial_bound(frequency: float, probability: float, trials: int) ->
     return abs(frequency - probability) < 5 * (probability * (1 - probability) / trials) ** 0.5
 
 
-# 0.5 and 0.25 are decided by the first 8 bits alone; at 2**-10 only the second draw of the elements on the
+# 0.5 is one bit per element, 0.25 is decided by the first 8 bits alone; at 2**-10 only the second draw of the elements on the
 # boundary (first byte 0) drops anything; at 0.1 and 0.3 it adds 0.0023 and 0.0031 to the drop probability,
 # about 3 times the bound at this N
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.25, 0.3, 2**-10])
@@ -29,9 +29,10 @@ def test_neighbouring_elements_are_independent(p):
     # Neighbours share 64-bit random words (8 first bytes per word), and at 0.1 and 2**-10 the elements on the
     # boundary share the words of their second draws: the joint keep frequency must be (1 - p)^2 at every offset
     # inside a word, and within a word as well as across words.
+    # At 0.5 every element is one bit of a 64-bit word: all offsets inside a word are checked.
     torch.manual_seed(1)
     mask = keep_mask(torch.Size([N]), p).double()
-    for offset in range(1, 9):
+    for offset in range(1, 65 if p == 0.5 else 9):
         both = (mask[:-offset] * mask[offset:]).mean().item()
         assert _within_binomial_bound(both, (1 - p) ** 2, N - offset), offset
     halves = mask.view(-1, 2)
