@@ -65,8 +65,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(config.hidden_size, config.ffn_dim)
         self.activation = PReLU()
-        # in place: the activation's output is read by nothing else (PReLU saves its input)
-        self.dropout = Dropout(config.activation_dropout, inplace=True)
+        self.dropout = Dropout(config.activation_dropout)
         self.linear2 = nn.Linear(config.ffn_dim, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,9 +81,8 @@ class _AttentionFeedForwardLayer(nn.Module):
         self.norm1 = nn.LayerNorm(config.hidden_size)
         self.norm2 = nn.LayerNorm(config.hidden_size)
         self.ffn = FeedForward(config)
-        # in place: they act on fresh projection outputs, before the residual sums
-        self.dropout1 = Dropout(config.hidden_dropout, inplace=True)
-        self.dropout2 = Dropout(config.hidden_dropout, inplace=True)
+        self.dropout1 = Dropout(config.hidden_dropout)
+        self.dropout2 = Dropout(config.hidden_dropout)
 
 
 class T2VEncoderLayer(_AttentionFeedForwardLayer):

@@ -39,43 +39,36 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
 
 
 class _MultiplyByMask(torch.autograd.Function):
-    """x * mask * scale, saving only the mask; the gradient goes through the same mask and scale. With `inplace`
-    the product overwrites x, which saves a tensor-sized allocation and a pass over fresh memory."""
+    """x * mask * scale, saving only the mask; the gradient goes through the same mask and scale."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        if inplace:
-            ctx.mark_dirty(x)
-            out = x.mul_(mask)
-        else:
-            out = x.mul(mask)
+        out = x.mul(mask)
         return out if scale == 1.0 else out.mul_(scale)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (mask,) = ctx.saved_tensors
         grad = grad.mul(mask)
-        return (grad if ctx.scale == 1.0 else grad.mul_(ctx.scale)), None, None, None
+        return (grad if ctx.scale == 1.0 else grad.mul_(ctx.scale)), None, None
 
 
-def dropout(x: torch.Tensor, p: float, training: bool, inplace: bool = False) -> torch.Tensor:
-    """Dropout of x; with `inplace` x itself is overwritten (as `F.dropout(..., inplace=True)`): only for an x
-    that nothing else reads afterwards and whose producer does not save it for its backward."""
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if not training or p == 0.0 or p == 1.0 or x.device.type != "cpu":
-        return F.dropout(x, p, training, inplace)
+        return F.dropout(x, p, training)
     # A mask of x's dtype keeps the multiplications vectorised (uint8 or bool operands take a slow mixed-type
     # path). In fp32 the mask can hold the scale itself (x * fp32(scale) either way); bf16 would round it.
     scale = 1.0 / (1.0 - p)
     mask = keep_mask(x.shape, p).view(torch.uint8).to(x.dtype)
     if x.dtype == torch.float32:
-        return _MultiplyByMask.apply(x, mask.mul_(scale), 1.0, inplace)
-    return _MultiplyByMask.apply(x, mask, scale, inplace)
+        return _MultiplyByMask.apply(x, mask.mul_(scale), 1.0)
+    return _MultiplyByMask.apply(x, mask, scale)
 
 
 class Dropout(nn.Dropout):
-    """`nn.Dropout` with the cheaper CPU mask of `keep_mask`; `inplace` as in `nn.Dropout`."""
+    """`nn.Dropout` with the cheaper CPU mask of `keep_mask`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training, self.inplace)
+        return dropout(x, self.p, self.training)

@@ -70,11 +70,10 @@ class AnchorDecoderLayer(nn.Module):
         self.activation = PReLU()
         self.linear2 = nn.Linear(config.ffn_dim, d)
         self.norm3 = nn.LayerNorm(d)
-        # in place: each acts on a fresh output (PReLU's, or an output projection's) that nothing else reads
-        self.dropout = Dropout(config.activation_dropout, inplace=True)
-        self.dropout1 = Dropout(config.hidden_dropout, inplace=True)
-        self.dropout2 = Dropout(config.hidden_dropout, inplace=True)
-        self.dropout3 = Dropout(config.hidden_dropout, inplace=True)
+        self.dropout = Dropout(config.activation_dropout)
+        self.dropout1 = Dropout(config.hidden_dropout)
+        self.dropout2 = Dropout(config.hidden_dropout)
+        self.dropout3 = Dropout(config.hidden_dropout)
         self.num_heads = heads
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:

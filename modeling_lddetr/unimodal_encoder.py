@@ -12,11 +12,10 @@ class UnimodalEncoder(nn.Module):
     def __init__(self, input_dim: int, hidden_size: int, dropout: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(input_dim)
-        # in place: LayerNorm saves its input, not its output
-        self.dropout1 = Dropout(dropout, inplace=True)
+        self.dropout1 = Dropout(dropout)
         self.linear1 = nn.Linear(input_dim, hidden_size)
         self.norm2 = nn.LayerNorm(hidden_size)
-        self.dropout2 = Dropout(dropout, inplace=True)
+        self.dropout2 = Dropout(dropout)
         self.linear2 = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -89,29 +89,3 @@ def test_evaluation_zero_and_one_p():
     assert torch.equal(Dropout(0.5).eval()(x), x)
     assert torch.equal(Dropout(0.0).train()(x), x)
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_inplace_dropout_overwrites_its_input_with_the_same_values_and_gradient(dtype):
-    source = (torch.rand(300, 200) + 1).to(dtype).requires_grad_()
-    grad = torch.randn(300, 200).to(dtype)
-    results = []
-    for inplace in (False, True):
-        torch.manual_seed(7)
-        x = source * 1  # a non-leaf, as every in-place site in the model
-        y = Dropout(0.1, inplace=inplace).train()(x)
-        assert (y.data_ptr() == x.data_ptr()) == inplace
-        y.backward(grad)
-        results.append((y.detach().clone(), source.grad.clone()))
-        source.grad = None
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
-    assert (results[1][0] == 0).any()
-
-
-def test_inplace_dropout_on_a_tensor_saved_for_backward_is_refused():
-    # softmax saves its output: an in-place dropout on it must fail loudly rather than corrupt the gradient
-    x = torch.randn(50, 40, requires_grad=True)
-    y = dropout(x.softmax(-1), 0.5, True, inplace=True)
-    with pytest.raises(RuntimeError, match="inplace"):
-        y.sum().backward()
