@@ -9,7 +9,7 @@ them with probability frac(256 p). So P(drop) is p for every p with at most 40 b
 The bits come from numpy's SFC64 generator, about 4x faster than torch's mt19937, seeded by one draw from
 torch's default generator so that `torch.manual_seed` and `torch.random.fork_rng` still govern the masks.
 Each element is still dropped independently and the survivors are scaled by 1 / (1 - p).
-On other devices torch's fused dropout is used.
+On other devices, and under torch.compile (where numpy would break the graph), torch's dropout is used.
 """
 
 import math
@@ -56,7 +56,7 @@ class _MultiplyByMask(torch.autograd.Function):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    if not training or p == 0.0 or p == 1.0 or x.device.type != "cpu":
+    if not training or p == 0.0 or p == 1.0 or x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
     # A mask of x's dtype keeps the multiplications vectorised (uint8 or bool operands take a slow mixed-type
     # path). In fp32 the mask can hold the scale itself (x * fp32(scale) either way); bf16 would round it.

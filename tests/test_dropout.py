@@ -89,3 +89,13 @@ def test_evaluation_zero_and_one_p():
     assert torch.equal(Dropout(0.5).eval()(x), x)
     assert torch.equal(Dropout(0.0).train()(x), x)
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def test_dropout_under_torch_compile_is_one_graph_with_torch_dropout():
+    # numpy's mask would break the graph at every dropout; compiled code uses torch's dropout instead
+    x = torch.rand(200, 300) + 1
+    compiled = torch.compile(lambda t: dropout(t, 0.1, True), backend="eager", fullgraph=True)
+    y = compiled(x)
+    kept = y != 0
+    assert _within_binomial_bound(kept.double().mean().item(), 0.9, kept.numel())
+    assert torch.equal(y[kept], x[kept] * (1 / 0.9))
