@@ -9,7 +9,8 @@ them with probability frac(256 p). So P(drop) is p for every p with at most 40 b
 The bits come from numpy's SFC64 generator, about 4x faster than torch's mt19937, seeded by one draw from
 torch's default generator so that `torch.manual_seed` and `torch.random.fork_rng` still govern the masks.
 Each element is still dropped independently and the survivors are scaled by 1 / (1 - p).
-On other devices, and under torch.compile (where numpy would break the graph), torch's dropout is used.
+On other devices torch's dropout is used. Under torch.compile on the CPU the numpy mask is an opaque op
+(`lddetr::keep_mask_like`), so that the graph does not break at the seed and the compiler fuses the product.
 """
 
 import math
@@ -22,8 +23,11 @@ from torch import nn
 
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """Bool CPU tensor of `shape`, each element True (kept) with probability 1 - p, independently."""
+    return _keep_mask_from_seed(shape, p, int(torch.randint(2**63 - 1, (), dtype=torch.int64)))
+
+
+def _keep_mask_from_seed(shape: torch.Size, p: float, seed: int) -> torch.Tensor:
     numel = math.prod(shape)
-    seed = int(torch.randint(2**63 - 1, (), dtype=torch.int64))
     generator = np.random.SFC64(seed)
     if p == 0.5:  # (the unimodal encoders' rate) one random bit per element is exact, and 8x fewer to draw
         return torch.from_numpy(np.unpackbits(generator.random_raw(-(-numel // 64)).view(np.uint8))[:numel].view(np.bool_)).view(shape)
@@ -36,6 +40,18 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
         second = generator.random_raw(-(-on_boundary.size // 2)).view(np.uint32)[: on_boundary.size]
         keep[on_boundary] = second >= threshold
     return torch.from_numpy(keep).view(shape)
+
+
+@torch.library.custom_op("lddetr::keep_mask_like", mutates_args=())
+def _keep_mask_like(like: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """`keep_mask` of like's shape from a seed tensor, as an op that torch.compile keeps opaque: a compiled graph
+    draws the numpy mask without breaking at the seed's host read."""
+    return _keep_mask_from_seed(like.shape, p, int(seed))
+
+
+@_keep_mask_like.register_fake
+def _(like: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=torch.bool, device=like.device)
 
 
 class _MultiplyByMask(torch.autograd.Function):
@@ -56,11 +72,15 @@ class _MultiplyByMask(torch.autograd.Function):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    if not training or p == 0.0 or p == 1.0 or x.device.type != "cpu" or torch.compiler.is_compiling():
+    if not training or p == 0.0 or p == 1.0 or x.device.type != "cpu":
         return F.dropout(x, p, training)
+    scale = 1.0 / (1.0 - p)
+    if torch.compiler.is_compiling():
+        # the seed drawn inside the graph, the product left to the compiler to fuse
+        mask = torch.ops.lddetr.keep_mask_like(x, torch.randint(2**63 - 1, (), dtype=torch.int64), p)
+        return torch.where(mask, x * scale, 0.0)
     # A mask of x's dtype keeps the multiplications vectorised (uint8 or bool operands take a slow mixed-type
     # path). In fp32 the mask can hold the scale itself (x * fp32(scale) either way); bf16 would round it.
-    scale = 1.0 / (1.0 - p)
     mask = keep_mask(x.shape, p).view(torch.uint8).to(x.dtype)
     if x.dtype == torch.float32:
         return _MultiplyByMask.apply(x, mask.mul_(scale), 1.0)

@@ -34,7 +34,10 @@ class _PReLUFunction(torch.autograd.Function):
         grad = grad.to(x.dtype)
         negative_part = x.clamp(max=0)
         if weight.numel() == 1:
-            grad_x = torch.ops.aten.leaky_relu_backward(grad, x, weight.item(), False)
+            if torch.compiler.is_compiling():  # weight.item() would break the graph; the compiler fuses this
+                grad_x = torch.where(x > 0, grad, grad * weight)
+            else:
+                grad_x = torch.ops.aten.leaky_relu_backward(grad, x, weight.item(), False)
             if x.dtype in (torch.float32, torch.float64):
                 grad_weight = torch.dot(grad.reshape(-1), negative_part.reshape(-1)).reshape(weight.shape)
             else:  # torch.dot has no vectorised bf16/fp16 CPU kernel; sum() accumulates in fp32

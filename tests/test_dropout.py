@@ -91,11 +91,22 @@ def test_evaluation_zero_and_one_p():
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
 
 
-def test_dropout_under_torch_compile_is_one_graph_with_torch_dropout():
-    # numpy's mask would break the graph at every dropout; compiled code uses torch's dropout instead
-    x = torch.rand(200, 300) + 1
-    compiled = torch.compile(lambda t: dropout(t, 0.1, True), backend="eager", fullgraph=True)
-    y = compiled(x)
+
+def test_dropout_under_torch_compile_is_one_graph_with_the_same_distribution():
+    # the seed's host read would break the graph at every dropout: compiled, the numpy mask is an opaque op
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module
+
+    x = (torch.rand(200, 300) + 1).requires_grad_()
+    y = torch.compile(lambda t: dropout(t * 1, 0.1, True), backend=counting_backend)(x)
+    assert len(graphs) == 1
+    assert any("keep_mask_like" in str(node.target) for node in graphs[0].graph.nodes)  # not inductor's RNG
     kept = y != 0
     assert _within_binomial_bound(kept.double().mean().item(), 0.9, kept.numel())
     assert torch.equal(y[kept], x[kept] * (1 / 0.9))
+    grad = torch.randn(200, 300)
+    y.backward(grad)
+    assert torch.equal(x.grad, torch.where(kept, grad * (1 / 0.9), 0))

@@ -55,3 +55,30 @@ def test_autocast_runs_in_bf16_like_nn_prelu():
         results.append((y.float(), x_in.grad, module.weight.grad))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
+
+
+
+
+def test_compiles_as_one_graph_with_the_eager_gradients():
+    # weight.item() in the eager backward splits the graph when the input is an intermediate (as in the model);
+    # compiled, the backward is written with torch.where
+    torch.manual_seed(0)
+    linear, module = nn.Linear(33, 33), PReLU()
+    x, grad = torch.randn(64, 33), torch.randn(64, 33)
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module
+
+    def gradients(fn):
+        for p in (*linear.parameters(), module.weight):
+            p.grad = None
+        fn(x).backward(grad)
+        return [p.grad.clone() for p in (*linear.parameters(), module.weight)]
+
+    eager = gradients(lambda t: module(linear(t)))
+    compiled = gradients(torch.compile(lambda t: module(linear(t)), backend=counting_backend))
+    assert len(graphs) == 1
+    for got, expected in zip(compiled, eager):
+        torch.testing.assert_close(got, expected)
