@@ -21,16 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _draw_seed() -> torch.Tensor:
+    """A mask's numpy seed, from torch's default generator (so that torch's seeding governs the masks)."""
+    return torch.randint(2**63 - 1, (), dtype=torch.int64)
+
+
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """Bool CPU tensor of `shape`, each element True (kept) with probability 1 - p, independently."""
-    return _keep_mask_from_seed(shape, p, int(torch.randint(2**63 - 1, (), dtype=torch.int64)))
+    return _keep_mask_from_seed(shape, p, int(_draw_seed()))
 
 
 def _keep_mask_from_seed(shape: torch.Size, p: float, seed: int) -> torch.Tensor:
     numel = math.prod(shape)
     generator = np.random.SFC64(seed)
     if p == 0.5:  # (the unimodal encoders' rate) one random bit per element is exact, and 8x fewer to draw
-        return torch.from_numpy(np.unpackbits(generator.random_raw(-(-numel // 64)).view(np.uint8))[:numel].view(np.bool_)).view(shape)
+        bits = np.unpackbits(generator.random_raw(-(-numel // 64)).view(np.uint8))[:numel]
+        return torch.from_numpy(bits.view(np.bool_)).view(shape)
     first = generator.random_raw(-(-numel // 8)).view(np.uint8)[:numel]  # uniform over 0..255
     boundary = int(p * 256)  # an int: a float would make numpy compare the bytes as float64
     keep = first >= boundary  # the elements on the boundary are kept unless their second draw drops them
@@ -77,7 +83,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     scale = 1.0 / (1.0 - p)
     if torch.compiler.is_compiling():
         # the seed drawn inside the graph, the product left to the compiler to fuse
-        mask = torch.ops.lddetr.keep_mask_like(x, torch.randint(2**63 - 1, (), dtype=torch.int64), p)
+        mask = torch.ops.lddetr.keep_mask_like(x, _draw_seed(), p)
         return torch.where(mask, x * scale, 0.0)
     # A mask of x's dtype keeps the multiplications vectorised (uint8 or bool operands take a slow mixed-type
     # path). In fp32 the mask can hold the scale itself (x * fp32(scale) either way); bf16 would round it.

@@ -36,9 +36,10 @@ class HighlightDetectionHead(nn.Module):
     features. No gradient reaches the spans or classes (argmax and floor).
 
     By default the moment is mapped to clips with each video's own length and clamped indices, and the GRU state
-    is read after the moment's last clip (in eager CPU runs the GRU stops after the longest moment). With `official_highlight_slicing` it reproduces the official code: the
-    padded length, Python slice semantics (a negative start wraps around; most such slices are empty) and a GRU run
-    over the zero padding up to the padded length.
+    is read after the moment's last clip (in eager CPU runs the GRU stops after the longest moment). With
+    `official_highlight_slicing` it reproduces the official code: the padded length, Python slice semantics (a
+    negative start wraps around; most such slices are empty) and a GRU run over the zero padding up to the padded
+    length.
     """
 
     def __init__(self, config: LDDetrConfig):

@@ -70,6 +70,18 @@ OLD_PARAMETER_NAMES = {
 }
 
 
+def compile_counting_graphs(fn):
+    """torch.compile(fn) with a backend that runs every graph dynamo captures as it is -> (the compiled fn, the
+    list those graphs are appended to): one graph means no graph break."""
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module
+
+    return torch.compile(fn, backend=backend), graphs
+
+
 def old_key(key: str) -> str:
     """A state-dict key as earlier versions of this package wrote it (the anchors sat on the model itself)."""
     key = ".".join(OLD_PARAMETER_NAMES.get(part, part) for part in key.split("."))

@@ -6,6 +6,8 @@ import torch
 
 from modeling_lddetr.dropout import Dropout, dropout, keep_mask
 
+from tests.helpers import compile_counting_graphs
+
 N = 1 << 22
 
 
@@ -13,9 +15,9 @@ def _within_binomial_bound(frequency: float, probability: float, trials: int) ->
     return abs(frequency - probability) < 5 * (probability * (1 - probability) / trials) ** 0.5
 
 
-# 0.5 is one bit per element, 0.25 is decided by the first 8 bits alone; at 2**-10 only the second draw of the elements on the
-# boundary (first byte 0) drops anything; at 0.1 and 0.3 it adds 0.0023 and 0.0031 to the drop probability,
-# about 3 times the bound at this N
+# 0.5 is one bit per element, 0.25 is decided by the first 8 bits alone; at 2**-10 only the second draw of the
+# elements on the boundary (first byte 0) drops anything; at 0.1 and 0.3 it adds 0.0023 and 0.0031 to the drop
+# probability, about 3 times the bound at this N
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.25, 0.3, 2**-10])
 def test_keep_frequency_is_one_minus_p(p):
     torch.manual_seed(0)
@@ -91,17 +93,11 @@ def test_evaluation_zero_and_one_p():
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
 
 
-
 def test_dropout_under_torch_compile_is_one_graph_with_the_same_distribution():
     # the seed's host read would break the graph at every dropout: compiled, the numpy mask is an opaque op
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module
-
+    compiled, graphs = compile_counting_graphs(lambda t: dropout(t * 1, 0.1, True))
     x = (torch.rand(200, 300) + 1).requires_grad_()
-    y = torch.compile(lambda t: dropout(t * 1, 0.1, True), backend=counting_backend)(x)
+    y = compiled(x)
     assert len(graphs) == 1
     assert any("keep_mask_like" in str(node.target) for node in graphs[0].graph.nodes)  # not inductor's RNG
     kept = y != 0

@@ -181,7 +181,9 @@ def _head_inputs(centers, widths, lengths, padded_length, d=256, queries=4, seed
 )
 @pytest.mark.parametrize("official_slicing", [False, True])
 @pytest.mark.parametrize("host_sync_free", [False, True])
-def test_highlight_head_equals_the_full_length_gru_with_gradients(centers, widths, lengths, official_slicing, host_sync_free, monkeypatch):
+def test_highlight_head_equals_the_full_length_gru_with_gradients(
+    centers, widths, lengths, official_slicing, host_sync_free, monkeypatch
+):
     # host_sync_free: the path of accelerators and torch.compile, which runs the GRU the padded length without
     # reading the moment length on the host; it is selected here through torch.compiler.is_compiling
     if host_sync_free:

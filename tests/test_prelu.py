@@ -6,6 +6,8 @@ from torch import nn
 
 from modeling_lddetr.prelu import PReLU, _PReLUFunction
 
+from tests.helpers import compile_counting_graphs
+
 
 @pytest.mark.parametrize("num_parameters", [1, 5])
 def test_backward_passes_gradcheck_in_float64(num_parameters):
@@ -57,19 +59,12 @@ def test_autocast_runs_in_bf16_like_nn_prelu():
         torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
 
 
-
-
 def test_compiles_as_one_graph_with_the_eager_gradients():
     # weight.item() in the eager backward splits the graph when the input is an intermediate (as in the model);
     # compiled, the backward is written with torch.where
     torch.manual_seed(0)
     linear, module = nn.Linear(33, 33), PReLU()
     x, grad = torch.randn(64, 33), torch.randn(64, 33)
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module
 
     def gradients(fn):
         for p in (*linear.parameters(), module.weight):
@@ -78,7 +73,8 @@ def test_compiles_as_one_graph_with_the_eager_gradients():
         return [p.grad.clone() for p in (*linear.parameters(), module.weight)]
 
     eager = gradients(lambda t: module(linear(t)))
-    compiled = gradients(torch.compile(lambda t: module(linear(t)), backend=counting_backend))
+    compiled_fn, graphs = compile_counting_graphs(lambda t: module(linear(t)))
+    compiled = gradients(compiled_fn)
     assert len(graphs) == 1
     for got, expected in zip(compiled, eager):
         torch.testing.assert_close(got, expected)
