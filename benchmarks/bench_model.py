@@ -8,7 +8,7 @@ part of this repository. With it, both models are built at the same configuratio
 official state dict through this package's converter), their outputs are compared, and their training steps
 (forward with losses, backward, gradient clipping, AdamW) and inference forwards run interleaved on the same
 batches, round by round, so that a busy machine slows all of them alike. The ratios are medians of the per-round
-ratios. The official Loop Decoder makes one pass; this package's model is timed at each `--loops` count
+ratios; the "rounds" column gives the lowest and highest of them. The official Loop Decoder makes one pass; this package's model is timed at each `--loops` count
 (1 = the official math, 3 = the paper's Loop Decoder).
 
 Also printed: FLOPs per training step and per inference forward (torch.utils.flop_counter), the achieved
@@ -135,6 +135,12 @@ def ratio(numerator, denominator):
     return statistics.median(n / d for n, d in zip(numerator, denominator))
 
 
+def ratio_range(numerator, denominator) -> str:
+    """Lowest and highest per-round ratio, "a-b": how far one run's rounds disagree."""
+    ratios = [n / d for n, d in zip(numerator, denominator)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def count_flops(fn):
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -237,6 +243,9 @@ def main():
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of this model and exit")
     parser.add_argument("--profile-rows", type=int, default=15)
     args = parser.parse_args()
+    # the padded batches have videos of clips - 15 .. clips clips with labels up to clip 40, and 8 .. tokens - 1 tokens
+    if args.clips < 56 or args.tokens < 9:
+        parser.error(f"--clips must be at least 56 and --tokens at least 9, got {args.clips} and {args.tokens}")
 
     device = torch.device(args.device)
     if args.threads:
@@ -330,17 +339,18 @@ def main():
         times, peaks = results[kind]
         title = "training step (fwd + losses + bwd + clip + AdamW)" if kind == "train" else "inference forward"
         print(f"\n{title}")
-        header = f"{'model':<22} {'ms':>8} {'x official':>10} {'x fp32':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}"
+        header = f"{'model':<22} {'ms':>8} {'x official':>10} {'rounds':>9} {'x fp32':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}"
         print(header + (f" {'peak MiB':>9}" if device.type == "cuda" else ""))
         for name in names:
             precision = "bf16" if name.endswith("bf16") else "fp32"
             seconds = statistics.median(times[name])
             gflop = flops[name][column] / 1e9
             vs_official = f"{ratio(times['official'], times[name]):.2f}" if official else "-"
+            spread = ratio_range(times["official"], times[name]) if official and name != "official" else "-"
             fp32_name = name.replace("bf16", "fp32")
             vs_fp32 = f"{ratio(times[fp32_name], times[name]):.2f}" if precision == "bf16" and fp32_name in times else "-"
             line = (
-                f"{('official (1 pass) fp32' if name == 'official' else name):<22} {seconds * 1e3:8.1f} {vs_official:>10} {vs_fp32:>7} "
+                f"{('official (1 pass) fp32' if name == 'official' else name):<22} {seconds * 1e3:8.1f} {vs_official:>10} {spread:>9} {vs_fp32:>7} "
                 f"{gflop:7.1f} {gflop / seconds:8.1f} {100 * gflop / seconds / peak_of[precision]:6.0f}%"
             )
             print(line + (f" {peaks[name]:9.0f}" if device.type == "cuda" else ""))

@@ -1,0 +1,64 @@
+"""benchmarks/bench_model.py as users run it: a subprocess at a small batch (without the official code, which is
+never part of this repository), its tables parsed; and the per-round ratio helpers."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from bench_model import ratio, ratio_range  # noqa: E402
+
+
+def run_bench(*arguments) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(BENCHMARKS / "bench_model.py"), *arguments]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+
+
+def table_rows(stdout: str, title: str) -> dict[str, list[str]]:
+    """model name -> the row's remaining columns, of the table under `title`."""
+    lines = stdout.split(f"\n{title}")[1].split("\n\n")[0].splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    rows = {}
+    for line in lines[header + 1 :]:
+        name, rest = re.match(r"(.+?fp32|.+?bf16)\s+(.*)", line).groups()
+        rows[name.strip()] = rest.split()
+    return rows
+
+
+def test_ratios_are_per_round():
+    # round 2 ran twice as fast for both models: the ratio stays 2, which a ratio of medians would not show
+    official, ours = [2.0, 1.0, 2.2], [1.0, 0.5, 1.0]
+    assert ratio(official, ours) == pytest.approx(2.0)
+    assert ratio_range(official, ours) == "2.00-2.20"
+
+
+def test_bench_model_prints_both_tables():
+    precisions = "fp32,bf16"
+    result = run_bench("--batch-size", "2", "--queue-length", "64", "--rounds", "1", "--loops", "1", "--precisions", precisions, "--threads", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    peak = re.search(r"GEMM peak \(2048\^3, timed in the same rounds\): fp32 (\d+) GFLOP/s", result.stdout)
+    assert peak and int(peak.group(1)) > 0, result.stdout
+    for title in ("training step", "inference forward"):
+        rows = table_rows(result.stdout, title)
+        assert set(rows) == {f"lddetr loops=1 {p}" for p in precisions.split(",")}, result.stdout
+        for name, (ms, vs_official, spread, vs_fp32, gflop, gflops, percent) in rows.items():
+            assert float(ms) > 0 and float(gflop) > 0, result.stdout
+            assert float(gflops) == pytest.approx(float(gflop) / float(ms) * 1e3, rel=0.05)  # GFLOP is printed to 0.1
+            assert vs_official == spread == "-"  # no official code given
+            assert (vs_fp32 == "-") == name.endswith("fp32")
+    if "bf16" in precisions:
+        assert re.search(r"bf16 vs fp32 losses, loops=1 .*total \d+\.\d+ vs \d+\.\d+", result.stdout), result.stdout
+
+
+def test_bench_model_rejects_a_batch_its_labels_do_not_fit():
+    result = run_bench("--clips", "20")
+    assert result.returncode == 2
+    assert "--clips must be at least 56" in result.stderr.strip().splitlines()[-1]
