@@ -128,7 +128,9 @@ def test_loop_decoder_equals_the_unfused_math_with_gradients(loops, layers):
     for name, g, e in zip(names, got_grads, expected_grads):
         assert (g is None) == (e is None), name
         if g is not None:
-            _assert_close(g, e, name)
+            # a one-element gradient (the PReLU weights) is one sum over every activation, whose order the two
+            # paths do not share: 1.4e-6 apart on a 0.506 sum on an AMD EPYC (2 loops, 3 layers)
+            _assert_close(g, e, name, atol=1e-5 if g.numel() == 1 else 1e-6)
 
 
 def test_loop_decoder_under_bf16_autocast_stays_within_bf16_rounding_of_the_unfused_math():
