@@ -8,8 +8,8 @@ part of this repository. With it, both models are built at the same configuratio
 official state dict through this package's converter), their outputs are compared, and their training steps
 (forward with losses, backward, gradient clipping, AdamW) and inference forwards run interleaved on the same
 batches, round by round, so that a busy machine slows all of them alike. The ratios are medians of the per-round
-ratios; the "rounds" column gives the lowest and highest of them. The official Loop Decoder makes one pass; this package's model is timed at each `--loops` count
-(1 = the official math, 3 = the paper's Loop Decoder).
+ratios; the "rounds" column gives the lowest and highest of them. The official Loop Decoder makes one pass; this
+package's model is timed at each `--loops` count (1 = the official math, 3 = the paper's Loop Decoder).
 
 Also printed: FLOPs per training step and per inference forward (torch.utils.flop_counter), the achieved
 GFLOP/s next to a 2048^3 GEMM peak timed in the same rounds, bf16 autocast speed-ups and losses against fp32,
@@ -130,14 +130,18 @@ def interleaved(tasks, rounds, warmup, device, clock):
     return times, peaks
 
 
+def per_round_ratios(numerator, denominator) -> list[float]:
+    return [n / d for n, d in zip(numerator, denominator)]
+
+
 def ratio(numerator, denominator):
     """Median of the per-round ratios numerator / denominator."""
-    return statistics.median(n / d for n, d in zip(numerator, denominator))
+    return statistics.median(per_round_ratios(numerator, denominator))
 
 
 def ratio_range(numerator, denominator) -> str:
     """Lowest and highest per-round ratio, "a-b": how far one run's rounds disagree."""
-    ratios = [n / d for n, d in zip(numerator, denominator)]
+    ratios = per_round_ratios(numerator, denominator)
     return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
