@@ -49,14 +49,12 @@ class UnimodalEncoder(nn.Module):
         self.dropout2 = Dropout(dropout)
         self.linear2 = nn.Linear(hidden_size, hidden_size)
 
-    def _takes_the_fused_input_layer(self, features: torch.Tensor) -> bool:
-        # fp32 CPU training with dropout, input features without gradient (the dataset's features), eager
+    def _drops_on_the_cpu_in_fp32(self, features: torch.Tensor) -> bool:
+        # the cases where this module draws the input mask itself: fp32 CPU training with dropout, eager
         p = self.dropout1.p
         return (
             self.training
             and 0.0 < p < 1.0
-            and torch.is_grad_enabled()
-            and not features.requires_grad
             and features.device.type == "cpu"
             and features.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
@@ -65,13 +63,17 @@ class UnimodalEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # (B, S, input_dim) -> (B, S, hidden_size)
-        if self._takes_the_fused_input_layer(features):
+        if self._drops_on_the_cpu_in_fp32(features) and not (torch.is_grad_enabled() and features.requires_grad):
             # the same mask as self.dropout1 draws (one seed from torch's generator), scaled as it scales
-            mask = keep_mask(features.shape, self.dropout1.p).view(torch.uint8).to(features.dtype).mul_(1.0 / (1.0 - self.dropout1.p))
-            rows = features.reshape(-1, features.shape[-1])
-            x = _NormDropoutLinear.apply(
-                rows, self.norm1.weight, self.norm1.bias, self.norm1.eps, mask.view(rows.shape), self.linear1.weight, self.linear1.bias
-            ).view(*features.shape[:-1], -1)
+            p = self.dropout1.p
+            mask = keep_mask(features.shape, p).view(torch.uint8).to(features.dtype).mul_(1.0 / (1.0 - p))
+            if torch.is_grad_enabled():
+                rows = features.reshape(-1, features.shape[-1])
+                x = _NormDropoutLinear.apply(
+                    rows, self.norm1.weight, self.norm1.bias, self.norm1.eps, mask.view(rows.shape), self.linear1.weight, self.linear1.bias
+                ).view(*features.shape[:-1], -1)
+            else:  # the momentum encoders: the dropout in place on the LayerNorm's output, which nothing else holds
+                x = self.linear1(self.norm1(features).mul_(mask))
         else:
             x = self.linear1(self.dropout1(self.norm1(features)))
         return self.linear2(self.dropout2(self.norm2(x.relu())))

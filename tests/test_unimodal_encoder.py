@@ -34,7 +34,7 @@ def _output_and_gradients(encoder, forward, features, seed):
 def test_fused_input_layer_equals_the_plain_modules_with_gradients(p):
     encoder = _encoder(p=p)
     features = torch.randn(3, 7, 50)
-    assert encoder._takes_the_fused_input_layer(features)
+    assert encoder._drops_on_the_cpu_in_fp32(features)
     got, got_grads = _output_and_gradients(encoder, encoder, features, seed=5)
     expected, expected_grads = _output_and_gradients(encoder, lambda f: _plain_forward(encoder, f), features, seed=5)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
@@ -58,20 +58,30 @@ def test_fused_input_layer_draws_the_masks_of_the_dropout_module():
     assert not torch.allclose(fused, other_seed)
 
 
-def test_inputs_that_need_a_gradient_or_no_dropout_take_the_plain_modules():
+def test_without_gradient_the_in_place_dropout_equals_the_plain_modules():
+    # the momentum encoders' path: no autograd graph, the mask applied in place on the LayerNorm's output
+    encoder = _encoder(p=0.1)
+    features = torch.randn(3, 7, 50)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        got = encoder(features)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        expected = _plain_forward(encoder, features)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_inputs_that_need_a_gradient_or_are_not_fp32_cpu_training_take_the_plain_modules():
     encoder = _encoder()
     features = torch.randn(2, 4, 50, requires_grad=True)
-    assert not encoder._takes_the_fused_input_layer(features)
     torch.manual_seed(3)
     out = encoder(features)
-    (grad,) = torch.autograd.grad(out.sum(), features)
+    (grad,) = torch.autograd.grad(out.sum(), features)  # the fused layer would return no input gradient
     assert grad.shape == features.shape and grad.abs().sum() > 0
-    assert not encoder._takes_the_fused_input_layer(features.detach().double())
-    assert not encoder.eval()._takes_the_fused_input_layer(features.detach())
+    assert not encoder._drops_on_the_cpu_in_fp32(features.detach().double())
+    assert not encoder.eval()._drops_on_the_cpu_in_fp32(features.detach())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not encoder.train()._takes_the_fused_input_layer(features.detach())
-    with torch.no_grad():
-        assert not encoder._takes_the_fused_input_layer(features.detach())
+        assert not encoder.train()._drops_on_the_cpu_in_fp32(features.detach())
 
 
 def test_fused_input_layer_matches_float64_gradients():
