@@ -60,6 +60,12 @@ def _(like: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
     return torch.empty(like.shape, dtype=torch.bool, device=like.device)
 
 
+def _times_mask(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """x * mask * scale in one pass: addcmul onto a zero scalar. With mask in {0, 1}, each survivor is
+    x * scale rounded once in x's dtype, as torch's dropout gives, and no scaled mask is made."""
+    return torch.addcmul(x.new_zeros(()), x, mask, value=scale)
+
+
 class _MultiplyByMask(torch.autograd.Function):
     """x * mask * scale, saving only the mask; the gradient goes through the same mask and scale."""
 
@@ -67,14 +73,12 @@ class _MultiplyByMask(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        out = x.mul(mask)
-        return out if scale == 1.0 else out.mul_(scale)
+        return _times_mask(x, mask, scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (mask,) = ctx.saved_tensors
-        grad = grad.mul(mask)
-        return (grad if ctx.scale == 1.0 else grad.mul_(ctx.scale)), None, None
+        return _times_mask(grad, mask, ctx.scale), None, None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -85,12 +89,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         # the seed drawn inside the graph, the product left to the compiler to fuse
         mask = torch.ops.lddetr.keep_mask_like(x, _draw_seed(), p)
         return torch.where(mask, x * scale, 0.0)
-    # A mask of x's dtype keeps the multiplications vectorised (uint8 or bool operands take a slow mixed-type
-    # path). In fp32 the mask can hold the scale itself (x * fp32(scale) either way); bf16 would round it.
-    mask = keep_mask(x.shape, p).view(torch.uint8).to(x.dtype)
-    if x.dtype == torch.float32:
-        return _MultiplyByMask.apply(x, mask.mul_(scale), 1.0)
-    return _MultiplyByMask.apply(x, mask, scale)
+    # A mask of x's dtype keeps the multiplication vectorised (uint8 or bool operands take a slow mixed-type path)
+    return _MultiplyByMask.apply(x, keep_mask(x.shape, p).view(torch.uint8).to(x.dtype), scale)
 
 
 class Dropout(nn.Dropout):

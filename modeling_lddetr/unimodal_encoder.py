@@ -8,33 +8,35 @@ from .dropout import Dropout, keep_mask
 
 
 class _NormDropoutLinear(torch.autograd.Function):
-    """linear(dropout(layer_norm(x))) for an x that needs no gradient, with the dropout mask given.
+    """linear(dropout(layer_norm(x))) for an x that needs no gradient, with the dropout's 0/1 mask and scale given.
 
-    With xhat the normalised x, M the mask times 1 / (1 - p) and G the output gradient, the gradients the step
-    needs are those of the Linear and of the LayerNorm's affine:
+    With xhat the normalised x, M the mask times the scale s = 1 / (1 - p) and G the output gradient, the gradients
+    the step needs are those of the Linear and of the LayerNorm's affine:
         dW = Gᵀ(M∘(xhat γ + β)) = (Gᵀ(M∘xhat)) γ + (GᵀM) β,  dγ = Σₖ W∘Gᵀ(M∘xhat),  dβ = Σₖ W∘(GᵀM)
     (γ, β scale columns). Two (H, R) @ (R, D) products then replace the (R, D)-sized input gradient G W, the
     dropout backward and the LayerNorm backward, every one of them a pass over the wide (R, D) input
-    (R = B·L rows, D = 2818 for the clip features).
+    (R = B·L rows, D = 2818 for the clip features). The scale rides on γ and β, so the mask stays 0/1.
     """
 
     @staticmethod
-    def forward(ctx, x, norm_weight, norm_bias, eps, mask, weight, bias):
+    def forward(ctx, x, norm_weight, norm_bias, eps, mask, scale, weight, bias):
         # x, mask (R, D); norm_weight, norm_bias (D,); weight (H, D); bias (H,)
-        masked_xhat = F.layer_norm(x, x.shape[-1:], eps=eps).mul_(mask)  # M∘xhat, (R, D)
-        dropped = torch.mul(mask, norm_bias).addcmul_(masked_xhat, norm_weight)  # M∘(xhat γ + β)
-        ctx.save_for_backward(masked_xhat, mask, norm_weight, norm_bias, weight)
+        masked_xhat = F.layer_norm(x, x.shape[-1:], eps=eps).mul_(mask)  # M∘xhat / s, (R, D)
+        scaled_weight, scaled_bias = norm_weight * scale, norm_bias * scale
+        dropped = torch.mul(mask, scaled_bias).addcmul_(masked_xhat, scaled_weight)  # M∘(xhat γ + β)
+        ctx.save_for_backward(masked_xhat, mask, scaled_weight, scaled_bias, weight)
+        ctx.scale = scale
         return F.linear(dropped, weight, bias)  # (R, H)
 
     @staticmethod
     def backward(ctx, grad):
-        masked_xhat, mask, norm_weight, norm_bias, weight = ctx.saved_tensors
-        grad_xhat_part = grad.T @ masked_xhat  # Gᵀ(M∘xhat), (H, D)
-        grad_mask_part = grad.T @ mask  # GᵀM, (H, D)
-        grad_weight = torch.mul(grad_mask_part, norm_bias).addcmul_(grad_xhat_part, norm_weight)
-        grad_norm_weight = torch.linalg.vecdot(weight, grad_xhat_part, dim=0)  # (D,)
-        grad_norm_bias = torch.linalg.vecdot(weight, grad_mask_part, dim=0)
-        return None, grad_norm_weight, grad_norm_bias, None, None, grad_weight, grad.sum(0)
+        masked_xhat, mask, scaled_weight, scaled_bias, weight = ctx.saved_tensors
+        grad_xhat_part = grad.T @ masked_xhat  # Gᵀ(M∘xhat) / s, (H, D)
+        grad_mask_part = grad.T @ mask  # GᵀM / s, (H, D)
+        grad_weight = torch.mul(grad_mask_part, scaled_bias).addcmul_(grad_xhat_part, scaled_weight)
+        grad_norm_weight = torch.linalg.vecdot(weight, grad_xhat_part, dim=0).mul_(ctx.scale)  # (D,)
+        grad_norm_bias = torch.linalg.vecdot(weight, grad_mask_part, dim=0).mul_(ctx.scale)
+        return None, grad_norm_weight, grad_norm_bias, None, None, None, grad_weight, grad.sum(0)
 
 
 class UnimodalEncoder(nn.Module):
@@ -64,16 +66,18 @@ class UnimodalEncoder(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # (B, S, input_dim) -> (B, S, hidden_size)
         if self._drops_on_the_cpu_in_fp32(features) and not (torch.is_grad_enabled() and features.requires_grad):
-            # the same mask as self.dropout1 draws (one seed from torch's generator), scaled as it scales
+            # the same mask as self.dropout1 draws (one seed from torch's generator), 0/1 in the features' dtype
             p = self.dropout1.p
-            mask = keep_mask(features.shape, p).view(torch.uint8).to(features.dtype).mul_(1.0 / (1.0 - p))
+            mask, scale = keep_mask(features.shape, p).view(torch.uint8).to(features.dtype), 1.0 / (1.0 - p)
             if torch.is_grad_enabled():
                 rows = features.reshape(-1, features.shape[-1])
                 x = _NormDropoutLinear.apply(
-                    rows, self.norm1.weight, self.norm1.bias, self.norm1.eps, mask.view(rows.shape), self.linear1.weight, self.linear1.bias
+                    rows, self.norm1.weight, self.norm1.bias, self.norm1.eps, mask.view(rows.shape), scale,
+                    self.linear1.weight, self.linear1.bias,
                 ).view(*features.shape[:-1], -1)
             else:  # the momentum encoders: the dropout in place on the LayerNorm's output, which nothing else holds
-                x = self.linear1(self.norm1(features).mul_(mask))
+                normed = self.norm1(features)
+                x = self.linear1(torch.addcmul(normed.new_zeros(()), normed, mask, value=scale, out=normed))
         else:
             x = self.linear1(self.dropout1(self.norm1(features)))
         return self.linear2(self.dropout2(self.norm2(x.relu())))
