@@ -16,6 +16,8 @@ class _NormDropoutLinear(torch.autograd.Function):
     (γ, β scale columns). Two (H, R) @ (R, D) products then replace the (R, D)-sized input gradient G W, the
     dropout backward and the LayerNorm backward, every one of them a pass over the wide (R, D) input
     (R = B·L rows, D = 2818 for the clip features). The scale rides on γ and β, so the mask stays 0/1.
+    fp32 only: in bf16 the two products come back rounded, and their sum in dW can cancel (4x the plain path's
+    error was seen with γ and β of mixed signs); CPU matmul has no bf16-in, fp32-out form.
     """
 
     @staticmethod
