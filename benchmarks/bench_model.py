@@ -15,6 +15,8 @@ Also printed: FLOPs per training step and per inference forward (torch.utils.flo
 GFLOP/s next to a 2048^3 GEMM peak timed in the same rounds, bf16 autocast speed-ups and losses against fp32,
 and the peak memory (CUDA: allocator peak per model; CPU: process max RSS). `--profile` prints instead
 torch.profiler tables (sorted by self CPU time) of one training step and one inference forward of this model.
+The header names the memory allocator in use (a tcmalloc or jemalloc preloaded with LD_PRELOAD, or the C
+library's malloc): on the CPU it changes both codes' times, the official code's most.
 """
 
 import argparse
@@ -22,6 +24,7 @@ import contextlib
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -58,6 +61,19 @@ def make_batch(batch_size, clips, tokens, config, device, seed=0, padded=True):
             }
         )
     return {k: v.to(device) for k, v in inputs.items()}, labels
+
+
+PRELOADED_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
+
+
+def memory_allocator(maps_text: str) -> str:
+    """The malloc this process runs on, from the text of /proc/self/maps: a preloaded allocator library, or the C
+    library's."""
+    for line in maps_text.splitlines():
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if any(name in path.rsplit("/", 1)[-1] for name in PRELOADED_ALLOCATORS):
+            return path
+    return "the C library's malloc"
 
 
 def synchronize(device):
@@ -287,6 +303,9 @@ def main():
         f"queue={args.queue_length}, compile={args.compile}; {args.clock} clock, medians of {args.rounds} interleaved rounds "
         f"after {args.warmup} warm-up"
     )
+    if device.type == "cpu":
+        maps = Path("/proc/self/maps")
+        print(f"memory allocator: {memory_allocator(maps.read_text()) if maps.exists() else 'unknown (no /proc/self/maps)'}")
     if official is not None:
         unpadded, unpadded_labels = make_batch(args.batch_size, args.clips, args.tokens, shape, device, seed=100, padded=False)
         targets = official.targets(unpadded_labels, args.clips, device)

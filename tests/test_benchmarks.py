@@ -12,7 +12,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from bench_model import ratio, ratio_range  # noqa: E402
+from bench_model import memory_allocator, ratio, ratio_range  # noqa: E402
 
 
 def run_bench(*arguments) -> subprocess.CompletedProcess:
@@ -39,10 +39,23 @@ def test_ratios_are_per_round():
     assert ratio_range(official, ours) == "2.00-2.20"
 
 
+def test_the_allocator_is_read_from_the_loaded_libraries():
+    glibc_only = (
+        "7f00-7f10 r-xp 00000000 08:01 131 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+        "7f20-7f30 rw-p 00000000 00:00 0 \n"
+    )
+    assert memory_allocator(glibc_only) == "the C library's malloc"
+    preloaded = glibc_only + "7f40-7f50 r-xp 00000000 08:01 977 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n"
+    assert memory_allocator(preloaded) == "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10"
+    # a folder named after an allocator is not the allocator
+    assert memory_allocator(glibc_only + "7f60-7f70 r--p 00000000 08:01 5 /opt/jemalloc-notes/libfoo.so\n") == "the C library's malloc"
+
+
 def test_bench_model_prints_both_tables():
     result = run_bench("--batch-size", "2", "--queue-length", "64", "--rounds", "1", "--loops", "1", "--precisions", "fp32,bf16", "--threads", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert "memory allocator: " in result.stdout, result.stdout
     peak = re.search(r"GEMM peak \(2048\^3, timed in the same rounds\): fp32 (\d+) GFLOP/s", result.stdout)
     assert peak and int(peak.group(1)) > 0, result.stdout
     for title in ("training step", "inference forward"):
