@@ -69,8 +69,8 @@ PRELOADED_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 def memory_allocator(maps_text: str) -> str:
     """The malloc this process runs on, from the text of /proc/self/maps: a preloaded allocator library, or the C
     library's."""
-    for line in maps_text.splitlines():
-        path = line.split()[-1] if len(line.split()) >= 6 else ""
+    for fields in map(str.split, maps_text.splitlines()):
+        path = fields[5] if len(fields) >= 6 else ""  # start-end perms offset device inode [path]
         if any(name in path.rsplit("/", 1)[-1] for name in PRELOADED_ALLOCATORS):
             return path
     return "the C library's malloc"

@@ -60,10 +60,17 @@ def _(like: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
     return torch.empty(like.shape, dtype=torch.bool, device=like.device)
 
 
-def _times_mask(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """x * mask * scale in one pass: addcmul onto a zero scalar. With mask in {0, 1}, each survivor is
-    x * scale rounded once in x's dtype, as torch's dropout gives, and no scaled mask is made."""
-    return torch.addcmul(x.new_zeros(()), x, mask, value=scale)
+def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """`keep_mask` of x's shape as 0/1 in x's dtype, which keeps the multiplication by it vectorised (uint8 or bool
+    operands take a slow mixed-type path)."""
+    return keep_mask(x.shape, p).view(torch.uint8).to(x.dtype)
+
+
+def times_mask(x: torch.Tensor, mask: torch.Tensor, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x * mask * scale in one pass: addcmul onto a zero scalar (into `out` if given, which may be x). With mask in
+    {0, 1}, each survivor is x * scale rounded once in x's dtype, as torch's dropout gives, and no scaled mask is
+    made."""
+    return torch.addcmul(x.new_zeros(()), x, mask, value=scale, out=out)
 
 
 class _MultiplyByMask(torch.autograd.Function):
@@ -73,12 +80,12 @@ class _MultiplyByMask(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        return _times_mask(x, mask, scale)
+        return times_mask(x, mask, scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (mask,) = ctx.saved_tensors
-        return _times_mask(grad, mask, ctx.scale), None, None
+        return times_mask(grad, mask, ctx.scale), None, None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -89,8 +96,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         # the seed drawn inside the graph, the product left to the compiler to fuse
         mask = torch.ops.lddetr.keep_mask_like(x, _draw_seed(), p)
         return torch.where(mask, x * scale, 0.0)
-    # A mask of x's dtype keeps the multiplication vectorised (uint8 or bool operands take a slow mixed-type path)
-    return _MultiplyByMask.apply(x, keep_mask(x.shape, p).view(torch.uint8).to(x.dtype), scale)
+    return _MultiplyByMask.apply(x, dropout_mask(x, p), scale)
 
 
 class Dropout(nn.Dropout):

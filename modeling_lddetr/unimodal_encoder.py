@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import Dropout, keep_mask
+from .dropout import Dropout, dropout_mask, times_mask
 
 
 class _NormDropoutLinear(torch.autograd.Function):
@@ -69,8 +69,7 @@ class UnimodalEncoder(nn.Module):
         # (B, S, input_dim) -> (B, S, hidden_size)
         if self._drops_on_the_cpu_in_fp32(features) and not (torch.is_grad_enabled() and features.requires_grad):
             # the same mask as self.dropout1 draws (one seed from torch's generator), 0/1 in the features' dtype
-            p = self.dropout1.p
-            mask, scale = keep_mask(features.shape, p).view(torch.uint8).to(features.dtype), 1.0 / (1.0 - p)
+            mask, scale = dropout_mask(features, self.dropout1.p), 1.0 / (1.0 - self.dropout1.p)
             if torch.is_grad_enabled():
                 rows = features.reshape(-1, features.shape[-1])
                 x = _NormDropoutLinear.apply(
@@ -79,7 +78,7 @@ class UnimodalEncoder(nn.Module):
                 ).view(*features.shape[:-1], -1)
             else:  # the momentum encoders: the dropout in place on the LayerNorm's output, which nothing else holds
                 normed = self.norm1(features)
-                x = self.linear1(torch.addcmul(normed.new_zeros(()), normed, mask, value=scale, out=normed))
+                x = self.linear1(times_mask(normed, mask, scale, out=normed))
         else:
             x = self.linear1(self.dropout1(self.norm1(features)))
         return self.linear2(self.dropout2(self.norm2(x.relu())))
