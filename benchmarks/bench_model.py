@@ -12,7 +12,8 @@ ratios; the "rounds" column gives the lowest and highest of them. The official L
 package's model is timed at each `--loops` count (1 = the official math, 3 = the paper's Loop Decoder).
 
 Also printed: FLOPs per training step and per inference forward (torch.utils.flop_counter), the achieved
-GFLOP/s next to a 2048^3 GEMM peak timed in the same rounds, bf16 autocast speed-ups and losses against fp32,
+GFLOP/s next to a 2048^3 GEMM peak timed in the same rounds, the floor (those FLOPs at that peak, nothing else)
+and the ceiling (the official time over the floor: the best ratio a model of that FLOP count can reach), bf16 autocast speed-ups and losses against fp32,
 and the peak memory (CUDA: allocator peak per model; CPU: process max RSS). `--profile` prints instead
 torch.profiler tables (sorted by self CPU time) of one training step and one inference forward of this model.
 The header names the memory allocator in use (a tcmalloc or jemalloc preloaded with LD_PRELOAD, or the C
@@ -362,7 +363,10 @@ def main():
         times, peaks = results[kind]
         title = "training step (fwd + losses + bwd + clip + AdamW)" if kind == "train" else "inference forward"
         print(f"\n{title}")
-        header = f"{'model':<22} {'ms':>8} {'x official':>10} {'rounds':>9} {'x fp32':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}"
+        header = (
+            f"{'model':<22} {'ms':>8} {'x official':>10} {'rounds':>9} {'x fp32':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7} "
+            f"{'floor ms':>8} {'ceiling':>7}"
+        )
         print(header + (f" {'peak MiB':>9}" if device.type == "cuda" else ""))
         for name in names:
             precision = "bf16" if name.endswith("bf16") else "fp32"
@@ -372,9 +376,14 @@ def main():
             spread = ratio_range(times["official"], times[name]) if official and name != "official" else "-"
             fp32_name = name.replace("bf16", "fp32")
             vs_fp32 = f"{ratio(times[fp32_name], times[name]):.2f}" if precision == "bf16" and fp32_name in times else "-"
+            # the time of this row's FLOPs at the GEMM peak with nothing else, and the official time over it: the
+            # ratio this FLOP count could reach at best on this machine
+            floor = gflop / peak_of[precision]
+            ceiling = f"{statistics.median(times['official']) / floor:.2f}" if official and name != "official" else "-"
             line = (
                 f"{('official (1 pass) fp32' if name == 'official' else name):<22} {seconds * 1e3:8.1f} {vs_official:>10} {spread:>9} {vs_fp32:>7} "
-                f"{gflop:7.1f} {gflop / seconds:8.1f} {100 * gflop / seconds / peak_of[precision]:6.0f}%"
+                f"{gflop:7.1f} {gflop / seconds:8.1f} {100 * gflop / seconds / peak_of[precision]:6.0f}% "
+                f"{floor * 1e3:8.1f} {ceiling:>7}"
             )
             print(line + (f" {peaks[name]:9.0f}" if device.type == "cuda" else ""))
     print("\nloss of the last timed training step: " + ", ".join(f"{name} {runner.last_loss.item():.4f}" for name, runner in runners.items()))

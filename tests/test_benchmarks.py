@@ -61,10 +61,12 @@ def test_bench_model_prints_both_tables():
     for title in ("training step", "inference forward"):
         rows = table_rows(result.stdout, title)
         assert set(rows) == {"lddetr loops=1 fp32", "lddetr loops=1 bf16"}, result.stdout
-        for name, (ms, vs_official, spread, vs_fp32, gflop, gflops, percent) in rows.items():
+        for name, (ms, vs_official, spread, vs_fp32, gflop, gflops, percent, floor_ms, ceiling) in rows.items():
             assert float(ms) > 0 and float(gflop) > 0, result.stdout
             assert float(gflops) == pytest.approx(float(gflop) / float(ms) * 1e3, rel=0.05)  # GFLOP is printed to 0.1
-            assert vs_official == spread == "-"  # no official code given
+            # the floor is the FLOPs at the GEMM peak: ms / floor is the share of the peak the row reached
+            assert float(floor_ms) / float(ms) == pytest.approx(float(percent.rstrip("%")) / 100, abs=0.01)
+            assert vs_official == spread == ceiling == "-"  # no official code given
             assert (vs_fp32 == "-") == name.endswith("fp32")
     assert re.search(r"bf16 vs fp32 losses, loops=1 .*total \d+\.\d+ vs \d+\.\d+", result.stdout), result.stdout
 
