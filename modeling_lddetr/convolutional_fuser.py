@@ -69,7 +69,7 @@ class FeedForward(nn.Module):
         self.linear2 = nn.Linear(config.ffn_dim, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        return self.linear2(self.dropout(self.activation.forward_(self.linear1(x))))  # linear1's output: ours alone
 
 
 class _AttentionFeedForwardLayer(nn.Module):

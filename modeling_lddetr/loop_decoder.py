@@ -140,7 +140,7 @@ class AnchorDecoderLayer(nn.Module):
         attended = self._attend(self.cross_attn, q, memory_keys, memory_values, memory_bias)
         queries = self.norm2(queries + self.dropout2(attended))
 
-        ffn = self.linear2(self.dropout(self.activation(self.linear1(queries))))
+        ffn = self.linear2(self.dropout(self.activation.forward_(self.linear1(queries))))
         return self.norm3(queries + self.dropout3(ffn))
 
 

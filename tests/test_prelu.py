@@ -78,3 +78,30 @@ def test_compiles_as_one_graph_with_the_eager_gradients():
     assert len(graphs) == 1
     for got, expected in zip(compiled, eager):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_forward_without_autograd_equals_forward(dtype):
+    torch.manual_seed(0)
+    module = PReLU()
+    with torch.no_grad():
+        module.weight.fill_(-0.3712)  # not a bf16 number: the in-place path must round it as prelu does
+    x = torch.randn(64, 33).to(dtype)
+    x[0, :3] = 0.0
+    expected = module(x.clone().requires_grad_()).detach()
+    with torch.no_grad():
+        target = x.clone()
+        out = module.forward_(target)
+    assert out.data_ptr() == target.data_ptr()  # written in place
+    assert torch.equal(out, expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        under_autocast = module.forward_(x.float())  # fp32 in, bf16 out: not in place, as forward
+    assert under_autocast.dtype == torch.bfloat16
+
+
+def test_in_place_forward_keeps_autograd_working():
+    module = PReLU()
+    x = torch.randn(8, 5, requires_grad=True)
+    y = module.forward_(x)  # grad enabled: the out-of-place forward
+    y.sum().backward()
+    assert x.grad is not None and not torch.equal(y, x)
