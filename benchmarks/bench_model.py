@@ -13,9 +13,10 @@ package's model is timed at each `--loops` count (1 = the official math, 3 = the
 
 Also printed: FLOPs per training step and per inference forward (torch.utils.flop_counter), the achieved
 GFLOP/s next to a 2048^3 GEMM peak timed in the same rounds, the floor (those FLOPs at that peak, nothing else)
-and the ceiling (the official time over the floor: the best ratio a model of that FLOP count can reach), bf16 autocast speed-ups and losses against fp32,
-and the peak memory (CUDA: allocator peak per model; CPU: process max RSS). `--profile` prints instead
-torch.profiler tables (sorted by self CPU time) of one training step and one inference forward of this model.
+and the ceiling (the official time over the floor: the best ratio a model of that FLOP count can reach), bf16
+autocast speed-ups and losses against fp32, and the peak memory (CUDA: allocator peak per model; CPU: process
+max RSS). `--profile` prints instead torch.profiler tables (sorted by self CPU time) of one training step and one
+inference forward of this model.
 The header names the memory allocator in use (a tcmalloc or jemalloc preloaded with LD_PRELOAD, or the C
 library's malloc): on the CPU it changes both codes' times, the official code's most.
 """

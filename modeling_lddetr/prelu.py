@@ -72,4 +72,4 @@ class PReLU(nn.PReLU):
         )
         if not in_place:
             return self(x)
-        return F.leaky_relu_(x, self.weight.to(lower_precision_dtype(x)).item())
+        return F.leaky_relu_(x, self.weight.to(x.dtype).item())
