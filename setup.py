@@ -9,7 +9,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # the two data folders are listed as packages so that setuptools ships their files without warnings
-    packages=find_packages(include=["modeling_lddetr*", "processing*", "hub_datasets*", "training_scripts*"])
+    packages=find_packages(
+        include=["modeling_lddetr*", "processing*", "hub_datasets*", "training_scripts*", "video_search*", "web_demo*"]
+    )
     + ["processing.evaluation.mr_hd_metric", "training_scripts.accelerate_configs"],
     include_package_data=True,
     package_data={
@@ -38,18 +40,23 @@ setup(
     ],
     extras_require={
         "demo": ["gradio>=6,<7"],
+        # stage 1 of video search: faiss's approximate index, or a Qdrant collection
+        "search": ["faiss-cpu>=1.9", "qdrant-client>=1.12"],
         # the web-demo test drives the app in Chromium through Selenium
-        "test": ["pytest", "gradio>=6,<7", "selenium>=4.20"],
+        "test": ["pytest", "gradio>=6,<7", "selenium>=4.20", "faiss-cpu>=1.9", "qdrant-client>=1.12", "ruff"],
     },
     entry_points={
         "console_scripts": [
             "lddetr-convert=modeling_lddetr.convert_official_checkpoint:main",
-            "lddetr-build-dataset=hub_datasets.build:main",
+            "lddetr-build-dataset=hub_datasets.cli:main",
             "lddetr-train=training_scripts.train:main",
             "lddetr-eval=training_scripts.evaluate:main",
             "lddetr-predict-split=training_scripts.predict_split:main",
             "lddetr-predict=processing.inference.predict:main",
-            "lddetr-demo=processing.demo.app:main",
+            "lddetr-demo=web_demo.app:main",
+            "lddetr-index=video_search.index_cli:main",
+            "lddetr-search=video_search.search_cli:main",
+            "lddetr-eval-library=video_search.evaluate_cli:main",
         ]
     },
 )

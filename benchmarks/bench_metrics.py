@@ -33,7 +33,10 @@ def main() -> None:
         start = time.perf_counter()
         eval_qvhighlights(submission, ground_truth)
         times.append(time.perf_counter() - start)
-    print(f"eval_qvhighlights on {len(submission)} predictions: median {statistics.median(times):.2f} s, fastest {min(times):.2f} s ({args.repeats} runs)")
+    print(
+        f"eval_qvhighlights on {len(submission)} predictions: median {statistics.median(times):.2f} s, "
+        f"fastest {min(times):.2f} s ({args.repeats} runs)"
+    )
 
 
 if __name__ == "__main__":

@@ -119,7 +119,12 @@ class LDDetrRunner:
 
 def adamw(model, device):
     # fused, as lddetr-train (TrainingArguments' default optimizer, adamw_torch_fused)
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4, fused=device.type in ("cpu", "cuda"))
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=1e-4,
+        weight_decay=1e-4,
+        fused=device.type in ("cpu", "cuda"),
+    )
 
 
 def gemm(dtype, device):
@@ -217,7 +222,9 @@ def compare_with_official(official, model, batch, labels, targets):
         _, their_losses = official.losses(theirs, targets)
         model.eval()
         ours = model(**batch, labels=labels)
-    output_diff = max((a - b).abs().max().item() for a, b in zip(lddetr_outputs(ours).values(), official_outputs(theirs).values()))
+    output_diff = max(
+        (a - b).abs().max().item() for a, b in zip(lddetr_outputs(ours).values(), official_outputs(theirs).values())
+    )
     eval_loss_diff = max_relative_difference(ours.loss_dict, their_losses)
     with torch.no_grad(), dropout_disabled(official.model, model):
         _, their_losses = official.losses(official.forward(batch, training=True), targets)
@@ -231,7 +238,10 @@ def profile_tables(runner, batch, labels, rows):
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.device.type == "cuda" else [])
-    for name, fn in (("training step", lambda: runner.train_step(batch, labels)), ("inference forward", lambda: runner.inference(batch))):
+    for name, fn in (
+        ("training step", lambda: runner.train_step(batch, labels)),
+        ("inference forward", lambda: runner.inference(batch)),
+    ):
         fn()  # warm-up
         with profile(activities=activities) as prof:
             fn()
@@ -249,7 +259,9 @@ def main():
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--queue-length", type=int, default=65536)
     parser.add_argument("--loops", default="1,3", help="decoder loop counts of this package's model")
-    parser.add_argument("--precisions", default="fp32,bf16", help="fp32 and/or bf16 (autocast) for this package's model")
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="fp32 and/or bf16 (autocast) for this package's model"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="timed training rounds (inference: twice as many)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batches", type=int, default=3, help="distinct batches, used in turn")
@@ -258,10 +270,13 @@ def main():
         "--clock",
         choices=["wall", "cpu"],
         default="wall",
-        help="cpu: process CPU time instead of wall time, steadier on a machine shared with other jobs (use with --threads 1)",
+        help="cpu: process CPU time instead of wall time, steadier on a machine shared with other jobs "
+        "(use with --threads 1)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile this package's model")
-    parser.add_argument("--steps-per-second", type=int, default=0, metavar="N", help="also run N training steps in a row per model")
+    parser.add_argument(
+        "--steps-per-second", type=int, default=0, metavar="N", help="also run N training steps in a row per model"
+    )
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of this model and exit")
     parser.add_argument("--profile-rows", type=int, default=15)
     args = parser.parse_args()
@@ -283,13 +298,19 @@ def main():
     if args.official_src:
         from official_code import OfficialModel
 
-        official = OfficialModel(args.official_src, device, shape.video_feature_dim, shape.text_feature_dim, args.queue_length)
+        official = OfficialModel(
+            args.official_src, device, shape.video_feature_dim, shape.text_feature_dim, args.queue_length
+        )
         models = {n: official.lddetr_model(n) for n in loops}
     else:
-        models = {n: LDDetrModel(LDDetrConfig(queue_length=args.queue_length, num_decoder_loops=n)).to(device) for n in loops}
+        models = {
+            n: LDDetrModel(LDDetrConfig(queue_length=args.queue_length, num_decoder_loops=n)).to(device) for n in loops
+        }
     optimizers = {n: adamw(model, device) for n, model in models.items()}
     runners = {
-        f"lddetr loops={n} {precision}": LDDetrRunner(models[n], optimizers[n], precision == "bf16", args.compile, device)
+        f"lddetr loops={n} {precision}": LDDetrRunner(
+            models[n], optimizers[n], precision == "bf16", args.compile, device
+        )
         for precision in precisions
         for n in loops
     }
@@ -300,21 +321,31 @@ def main():
         return
 
     print(
-        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+        f"device {device} "
+        f"({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
         f"B={args.batch_size} L={args.clips} Dv={shape.video_feature_dim} N={args.tokens} Dt={shape.text_feature_dim} "
-        f"queue={args.queue_length}, compile={args.compile}; {args.clock} clock, medians of {args.rounds} interleaved rounds "
+        f"queue={args.queue_length}, compile={args.compile}; {args.clock} clock, "
+        f"medians of {args.rounds} interleaved rounds "
         f"after {args.warmup} warm-up"
     )
     if device.type == "cpu":
         maps = Path("/proc/self/maps")
-        print(f"memory allocator: {memory_allocator(maps.read_text()) if maps.exists() else 'unknown (no /proc/self/maps)'}")
+        print(
+            "memory allocator: "
+            f"{memory_allocator(maps.read_text()) if maps.exists() else 'unknown (no /proc/self/maps)'}"
+        )
     if official is not None:
-        unpadded, unpadded_labels = make_batch(args.batch_size, args.clips, args.tokens, shape, device, seed=100, padded=False)
+        unpadded, unpadded_labels = make_batch(
+            args.batch_size, args.clips, args.tokens, shape, device, seed=100, padded=False
+        )
         targets = official.targets(unpadded_labels, args.clips, device)
-        diffs = compare_with_official(official, models[1] if 1 in models else official.lddetr_model(1), unpadded, unpadded_labels, targets)
+        diffs = compare_with_official(
+            official, models[1] if 1 in models else official.lddetr_model(1), unpadded, unpadded_labels, targets
+        )
         print(
             "same weights as the official code, one decoder pass, unpadded batch: eval outputs max |diff| "
-            f"{diffs[0]:.1e}, eval losses max rel. diff {diffs[1]:.1e}, train losses (dropout 0) max rel. diff {diffs[2]:.1e}"
+            f"{diffs[0]:.1e}, eval losses max rel. diff {diffs[1]:.1e}, "
+            f"train losses (dropout 0) max rel. diff {diffs[2]:.1e}"
         )
     if "bf16" in precisions and "fp32" in precisions:
         for n in loops:
@@ -322,7 +353,8 @@ def main():
             bf16_total, bf16_terms = runners[f"lddetr loops={n} bf16"].eval_losses(*batches[0])
             worst = max(bf16_terms, key=lambda k: abs(bf16_terms[k] - fp32_terms[k]))
             print(
-                f"bf16 vs fp32 losses, loops={n} (eval forward, padded batch): total {bf16_total:.4f} vs {fp32_total:.4f} "
+                f"bf16 vs fp32 losses, loops={n} (eval forward, padded batch): "
+                f"total {bf16_total:.4f} vs {fp32_total:.4f} "
                 f"(rel. {abs(bf16_total - fp32_total) / abs(fp32_total):.1e}); largest term difference {worst} "
                 f"{bf16_terms[worst]:.4f} vs {fp32_terms[worst]:.4f}"
             )
@@ -332,9 +364,15 @@ def main():
     flops = {}
     targets = [official.targets(labels, args.clips, device) for _, labels in batches] if official else None
     if official is not None:
-        flops["official"] = (count_flops(lambda: official.train_step(batches[0][0], targets[0])), count_flops(lambda: official.forward(batches[0][0], training=False)))
+        flops["official"] = (
+            count_flops(lambda: official.train_step(batches[0][0], targets[0])),
+            count_flops(lambda: official.forward(batches[0][0], training=False)),
+        )
     for name, runner in runners.items():
-        flops[name] = (count_flops(lambda: runner.train_step(*batches[0])), count_flops(lambda: runner.inference(batches[0][0], grad=True)))
+        flops[name] = (
+            count_flops(lambda: runner.train_step(*batches[0])),
+            count_flops(lambda: runner.inference(batches[0][0], grad=True)),
+        )
 
     gemms = {"fp32": gemm(torch.float32, device), "bf16": gemm(torch.bfloat16, device)}
     results = {}
@@ -343,7 +381,9 @@ def main():
         tasks = {f"gemm {p}": (lambda i, fn=gemms[p]: fn()) for p in dict.fromkeys(["fp32", *precisions])}
         if official is not None:
             if kind == "train":
-                tasks["official"] = lambda i: official.train_step(batches[i % len(batches)][0], targets[i % len(batches)])
+                tasks["official"] = lambda i: official.train_step(
+                    batches[i % len(batches)][0], targets[i % len(batches)]
+                )
             else:
                 tasks["official"] = lambda i: official.inference(batches[i % len(batches)][0])
         for name, runner in runners.items():
@@ -357,7 +397,9 @@ def main():
     for precision in dict.fromkeys(["fp32", *precisions]):
         gemm_times = results["train"][0][f"gemm {precision}"] + results["inference"][0][f"gemm {precision}"]
         peak_of[precision] = 2 * GEMM_SIZE**3 / statistics.median(gemm_times) / 1e9
-    print("GEMM peak (2048^3, timed in the same rounds): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak_of.items()))
+    print(
+        "GEMM peak (2048^3, timed in the same rounds): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak_of.items())
+    )
 
     names = (["official"] if official else []) + list(runners)
     for kind, column in (("train", 0), ("inference", 1)):
@@ -365,7 +407,8 @@ def main():
         title = "training step (fwd + losses + bwd + clip + AdamW)" if kind == "train" else "inference forward"
         print(f"\n{title}")
         header = (
-            f"{'model':<22} {'ms':>8} {'x official':>10} {'rounds':>9} {'x fp32':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7} "
+            f"{'model':<22} {'ms':>8} {'x official':>10} {'rounds':>9} {'x fp32':>7} {'GFLOP':>7} "
+            f"{'GFLOP/s':>8} {'% peak':>7} "
             f"{'floor ms':>8} {'ceiling':>7}"
         )
         print(header + (f" {'peak MiB':>9}" if device.type == "cuda" else ""))
@@ -376,25 +419,40 @@ def main():
             vs_official = f"{ratio(times['official'], times[name]):.2f}" if official else "-"
             spread = ratio_range(times["official"], times[name]) if official and name != "official" else "-"
             fp32_name = name.replace("bf16", "fp32")
-            vs_fp32 = f"{ratio(times[fp32_name], times[name]):.2f}" if precision == "bf16" and fp32_name in times else "-"
+            vs_fp32 = (
+                f"{ratio(times[fp32_name], times[name]):.2f}" if precision == "bf16" and fp32_name in times else "-"
+            )
             # the time of this row's FLOPs at the GEMM peak with nothing else, and the official time over it: the
             # ratio this FLOP count could reach at best on this machine
             floor = gflop / peak_of[precision]
             ceiling = f"{statistics.median(times['official']) / floor:.2f}" if official and name != "official" else "-"
             line = (
-                f"{('official (1 pass) fp32' if name == 'official' else name):<22} {seconds * 1e3:8.1f} {vs_official:>10} {spread:>9} {vs_fp32:>7} "
+                f"{('official (1 pass) fp32' if name == 'official' else name):<22} {seconds * 1e3:8.1f} "
+                f"{vs_official:>10} {spread:>9} {vs_fp32:>7} "
                 f"{gflop:7.1f} {gflop / seconds:8.1f} {100 * gflop / seconds / peak_of[precision]:6.0f}% "
                 f"{floor * 1e3:8.1f} {ceiling:>7}"
             )
             print(line + (f" {peaks[name]:9.0f}" if device.type == "cuda" else ""))
-    print("\nloss of the last timed training step: " + ", ".join(f"{name} {runner.last_loss.item():.4f}" for name, runner in runners.items()))
+    print(
+        "\nloss of the last timed training step: "
+        + ", ".join(f"{name} {runner.last_loss.item():.4f}" for name, runner in runners.items())
+    )
     if device.type != "cuda":
         print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
     if args.steps_per_second:
         print(f"\n{args.steps_per_second} training steps in a row:")
-        steps = {"official": lambda i: official.train_step(batches[i % len(batches)][0], targets[i % len(batches)])} if official else {}
-        steps.update({name: (lambda i, runner=runner: runner.train_step(*batches[i % len(batches)])) for name, runner in runners.items()})
+        steps = (
+            {"official": lambda i: official.train_step(batches[i % len(batches)][0], targets[i % len(batches)])}
+            if official
+            else {}
+        )
+        steps.update(
+            {
+                name: (lambda i, runner=runner: runner.train_step(*batches[i % len(batches)]))
+                for name, runner in runners.items()
+            }
+        )
         for name, fn in steps.items():
             synchronize(device)
             start = clock()

@@ -30,9 +30,13 @@ def write_annotations(folder: Path, queries: int) -> None:
     folder.mkdir(parents=True)
     spec = demo_spec()
     shutil.copy(ANNOTATIONS_DIR / spec.split_files["train"], folder / spec.split_files["train"])
-    rows = [json.loads(line) for line in (ANNOTATIONS_DIR / spec.split_files["validation"]).read_text().splitlines() if line]
+    rows = [
+        json.loads(line) for line in (ANNOTATIONS_DIR / spec.split_files["validation"]).read_text().splitlines() if line
+    ]
     first_new_qid = 1 + max(row["qid"] for row in rows)
-    repeated = [{**rows[i % len(rows)], "qid": first_new_qid + i} if i >= len(rows) else rows[i] for i in range(queries)]
+    repeated = [
+        {**rows[i % len(rows)], "qid": first_new_qid + i} if i >= len(rows) else rows[i] for i in range(queries)
+    ]
     (folder / spec.split_files["validation"]).write_text("".join(json.dumps(row) + "\n" for row in repeated))
 
 
@@ -66,8 +70,14 @@ def main() -> None:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
         written = sum(1 for _ in (work / "submission.jsonl").open())
-    print(f"lddetr-predict-split, {written} queries (QVHighlights validation shape, batch {args.batch_size}), default model, video dim {video_dim}:")
-    print(f"{seconds:.1f} s, {written / seconds:.1f} queries/s (process start to exit: imports, model loading and the submission included)")
+    print(
+        f"lddetr-predict-split, {written} queries (QVHighlights validation shape, batch {args.batch_size}), "
+        f"default model, video dim {video_dim}:"
+    )
+    print(
+        f"{seconds:.1f} s, {written / seconds:.1f} queries/s "
+        "(process start to exit: imports, model loading and the submission included)"
+    )
     if written != args.queries:
         sys.exit(f"expected {args.queries} predictions, got {written}")
 

@@ -144,7 +144,7 @@ def main() -> None:
         print(f"forward     {1000 * forward_s:.1f} ms per frame (batch 64), {flops / 1e9:.2f} GFLOPs per frame, "
               f"{flops / forward_s / 1e9:.0f} GFLOP/s achieved")
 
-        from hub_datasets.build import main as build_main
+        from hub_datasets.cli import main as build_main
 
         records = [
             {"qid": index, "query": "a moving gradient", "vid": f"v{index}", "duration": args.seconds,

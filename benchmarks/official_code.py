@@ -61,7 +61,9 @@ def load_official_code(folder: str | Path):
     """Import the official `ld_detr.model` module from a checkout folder (the one holding `ld_detr/`)."""
     folder = Path(folder).resolve()
     if not (folder / "ld_detr" / "model.py").is_file():
-        raise SystemExit(f"--official-src {folder}: no ld_detr/model.py there; give the root of a qingchen239/ld-detr checkout.")
+        raise SystemExit(
+            f"--official-src {folder}: no ld_detr/model.py there; give the root of a qingchen239/ld-detr checkout."
+        )
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
     return importlib.import_module("ld_detr.model")
@@ -84,7 +86,9 @@ def official_cuda_calls_stay_on(device: torch.device):
 class OfficialModel:
     """The official model and criterion, with a training step and an inference forward like the official loop."""
 
-    def __init__(self, folder: str | Path, device: torch.device, video_feature_dim: int, text_feature_dim: int, queue_length: int):
+    def __init__(
+        self, folder: str | Path, device: torch.device, video_feature_dim: int, text_feature_dim: int, queue_length: int
+    ):
         module = load_official_code(folder)
         self.options = official_options(video_feature_dim, text_feature_dim, queue_length)
         self.model, self.criterion = module.build_model(self.options)
@@ -92,7 +96,9 @@ class OfficialModel:
         self.criterion.to(device)
         self.device = device
         # as the official setup_model: AdamW over the requires_grad parameters (not the momentum encoders)
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4
+        )
 
     def lddetr_model(self, num_decoder_loops: int) -> LDDetrModel:
         """This package's model with the same weights, buffers and queues (through the checkpoint converter)."""

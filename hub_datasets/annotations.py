@@ -4,6 +4,15 @@ Every row gets the same columns whatever the dataset (`qid`, `query`, `vid`, `du
 `relevant_clip_ids`, `saliency_scores`, and `domain` for TVSum); a field the source does not have is None.
 TVSum's per-clip annotator scores (`label`) become `saliency_scores`.
 A malformed row raises `AnnotationError` naming the file, the line and the qid.
+
+Label forms. A row is labelled by `relevant_windows`, with or without `relevant_clip_ids` + `saliency_scores`
+(QVHighlights' per-clip annotator scores); a row without windows is unlabelled (a test split: it is built and
+predicted, and `lddetr-train` refuses it). `saliency_label_type` gives the dataset's saliency-label scheme, which
+the builder records in `lddetr_dataset.json` and the processor reads back: "qvhighlights" when every labelled row
+has clip scores, "binary" when none has (clips inside a window positive, the others negative: the official
+Charades-STA / TACoS scheme), and "mixed" when a file, or the splits together, hold both forms. The mixed rule is
+per row: a row with clip scores gets QVHighlights labels, a windows-only row binary ones (`labels_lddetr.py`); the
+highlight metrics score the queries that have clip scores.
 """
 
 import json
@@ -11,7 +20,18 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from modeling_lddetr.dataset_types import DATASET_TYPES
+from modeling_lddetr.labels_lddetr import dataset_saliency_label_type, label_form
+
 from .specs import DatasetSpec
+
+# what each scheme means, for the builder's summary line
+SALIENCY_LABEL_SUMMARIES = {
+    "qvhighlights": "qvhighlights (annotator scores per clip)",
+    "binary": "binary (from relevant_windows: clips inside a window positive)",
+    "mixed": "mixed (per row: annotator scores where given, else binary from relevant_windows)",
+    "tvsum": "tvsum (annotator scores per clip)",
+}
 
 
 class AnnotationError(ValueError):
@@ -45,7 +65,9 @@ def _is_int(value) -> bool:
 def _windows(value, fail):
     if value is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(w, list) and len(w) == 2 and all(map(_is_number, w)) for w in value):
+    if not isinstance(value, list) or not all(
+        isinstance(w, list) and len(w) == 2 and all(map(_is_number, w)) for w in value
+    ):
         fail(f"relevant_windows must be a list of [start, end] pairs of numbers, got {value!r}")
     for start, end in value:
         if start > end:
@@ -146,3 +168,9 @@ def read_annotations(spec: DatasetSpec, annotations_dir: Path, splits: list[str]
                 raise AnnotationError(f"{row.source}: qid {row.qid!r} already used at {seen[row.qid]}")
             seen[row.qid] = row.source
     return by_split
+
+
+def saliency_label_type(dataset_type: str, by_split: dict[str, list[QueryRow]]) -> str:
+    """The saliency-label scheme of a dataset's rows ("qvhighlights", "binary", "mixed", or the type's own)."""
+    forms = (label_form(vars(row)) for rows in by_split.values() for row in rows)
+    return dataset_saliency_label_type(DATASET_TYPES[dataset_type].saliency_label_type, forms)

@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from datasets import Features
 
+from modeling_lddetr.dataset_types import DATASET_TYPES
+
 from .specs import DatasetSpec
 
 
@@ -73,6 +75,31 @@ def _feature_layout(spec: DatasetSpec, with_audio: bool) -> str:
     return "```text\nFEATURES/\n" + "\n".join("  " + line for line in lines) + "\n```"
 
 
+SALIENCY_LABEL_TEXTS = {
+    "qvhighlights": "the annotators' scores of the relevant clips, summed (the QVHighlights scheme)",
+    "binary": (
+        "derived from `relevant_windows`: the clips inside a window are positive (1), the others negative (0), and"
+        " the saliency loss compares random clips inside with random clips outside, as the official LD-DETR code"
+        " labels Charades-STA and TACoS"
+    ),
+    "mixed": (
+        "per row: a query with `relevant_clip_ids` and `saliency_scores` gets its annotators' scores, summed (the"
+        " QVHighlights scheme); a query with `relevant_windows` only gets binary labels (the clips inside a window"
+        " positive, the others negative); the highlight metrics score the queries with annotator scores"
+    ),
+    "tvsum": "the annotators' scores of every clip, rescaled (the TVSum scheme)",
+}
+
+
+def _saliency_labels(dataset_type: str, info: dict) -> str:
+    """Which saliency-label scheme training uses: the recorded one, else (older folders) the dataset type's."""
+    scheme = info.get("saliency_label_type") or DATASET_TYPES[dataset_type].saliency_label_type
+    return (
+        f"Saliency labels for training (`saliency_label_type` \"{scheme}\" in `lddetr_dataset.json`): "
+        f"{SALIENCY_LABEL_TEXTS[scheme]}."
+    )
+
+
 def _columns(spec: DatasetSpec, info: dict) -> str:
     video_dim = sum(info["video_feature_dims"])
     qid = "int" if spec.qid_type is int else "string"
@@ -82,22 +109,29 @@ def _columns(spec: DatasetSpec, info: dict) -> str:
         ["`vid`", "string", "video id: the row of the `videos` config that holds this query's video"],
         ["`duration`", "float64", "video duration in seconds"],
         ["`relevant_windows`", "list of [start, end] (s)", "ground-truth moments; null where the split has no labels"],
-        ["`relevant_clip_ids`", "list of int", f"indices of the {info['clip_length']:g}-s clips inside the moments; null where the source has none"],
-        ["`saliency_scores`", "list of lists of float32", "annotator scores per relevant clip (TVSum: per clip); null where the source has none"],
+        ["`relevant_clip_ids`", "list of int",
+         f"indices of the {info['clip_length']:g}-s clips inside the moments; null where the source has none"],
+        ["`saliency_scores`", "list of lists of float32",
+         "annotator scores per relevant clip (TVSum: per clip); null where the source has none"],
     ]
     if spec.has_domain:
         queries.append(["`domain`", "string", "TVSum video category; the official recipe trains one model per domain"])
-    queries.append(["`text_features`", f"Array2D (tokens, {info['text_feature_dim']}) {info['feature_dtype']}", "raw token features"])
+    text_type = f"Array2D (tokens, {info['text_feature_dim']}) {info['feature_dtype']}"
+    queries.append(["`text_features`", text_type, "raw token features"])
     names = " + ".join(f"{n} ({d})" for n, d in zip(info["video_feature_names"], info["video_feature_dims"]))
     videos = [
         ["`vid`", "string", "video id"],
-        ["`video_features`", f"Array2D (clips, {video_dim}) {info['feature_dtype']}", f"raw features, {names} concatenated in this order, one row per {info['clip_length']:g}-s clip"],
+        ["`video_features`", f"Array2D (clips, {video_dim}) {info['feature_dtype']}",
+         f"raw features, {names} concatenated in this order, one row per {info['clip_length']:g}-s clip"],
     ]
     if info["audio_feature_dim"]:
-        videos.append(["`audio_features`", f"Array2D (clips, {info['audio_feature_dim']}) {info['feature_dtype']}", "raw PANN audio features, same clips as `video_features`"])
+        videos.append(["`audio_features`", f"Array2D (clips, {info['audio_feature_dim']}) {info['feature_dtype']}",
+                       "raw PANN audio features, same clips as `video_features`"])
     header = ["column", "type", "meaning"]
-    return "Config `queries` (default), one row per query:\n\n" + _table(header, queries) + (
-        "\n\nConfig `videos`, one row per video (each video once, however many queries use it), split `train`"
+    return (
+        "Config `queries` (default), one row per query:\n\n" + _table(header, queries)
+        + "\n\n" + _saliency_labels(spec.dataset_type, info)
+        + "\n\nConfig `videos`, one row per video (each video once, however many queries use it), split `train`"
         " holding the videos of every query split:\n\n" + _table(header, videos)
     )
 
@@ -111,11 +145,12 @@ def _usage(info: dict) -> str:
         "row_of_video = {vid: i for i, vid in enumerate(videos[\"vid\"])}\n"
         "video = videos[row_of_video[row[\"vid\"]]][\"video_features\"]  # (clips, dim) numpy array\n"
         "```\n\n"
-        "or with `datasets` alone: `load_dataset(\"PATH_OR_HUB_ID\")` (queries) and `load_dataset(\"PATH_OR_HUB_ID\", \"videos\")`."
-        " Use `.with_format(\"numpy\")` or `\"torch\"`: the default Python format turns the matrices into nested lists,"
-        " about 10 times slower. `datasets` caches a local folder under its name, whatever its content: after rebuilding"
-        " a folder in place, pass `download_mode=\"force_redownload\"` to `load_dataset` (`load_lddetr_dataset` does not"
-        " need it)."
+        "or with `datasets` alone: `load_dataset(\"PATH_OR_HUB_ID\")` (queries) and"
+        " `load_dataset(\"PATH_OR_HUB_ID\", \"videos\")`."
+        " Use `.with_format(\"numpy\")` or `\"torch\"`: the default Python format turns the matrices into nested"
+        " lists, about 10 times slower. `datasets` caches a local folder under its name, whatever its content: after"
+        " rebuilding a folder in place, pass `download_mode=\"force_redownload\"` to `load_dataset`"
+        " (`load_lddetr_dataset` does not need it)."
     )
 
 
@@ -124,7 +159,8 @@ def card_context(spec: DatasetSpec, info: dict, num_videos: int, build_command: 
     sources = [[s.name, f"`{s.directory}/`", s.dim] for s in spec.video_sources]
     with_audio = bool(info["audio_feature_dim"])
     if with_audio:
-        sources.append([f"{spec.audio_source.name} (audio)", f"`{spec.audio_source.directory}/`", info["audio_feature_dim"]])
+        audio = spec.audio_source
+        sources.append([f"{audio.name} (audio)", f"`{audio.directory}/`", info["audio_feature_dim"]])
     return {
         "splits_table": _table(["split", "queries"], [[s, n] for s, n in splits.items()] + [["(videos)", num_videos]]),
         "num_videos": num_videos,
@@ -141,6 +177,19 @@ def card_context(spec: DatasetSpec, info: dict, num_videos: int, build_command: 
         "feature_layout": _feature_layout(spec, with_audio),
         "build_command": f"```bash\n{build_command}\n```",
     }
+
+
+def build_command(name: str, sources: list[str], *, feature_dtype: str, options: list[str] = (),
+                  splits: list[str] | None = None, max_video_clips: int | None = None) -> str:
+    """The `lddetr-build-dataset` command line that rebuilds a folder, for its card: `sources` and `options` are
+    flags with placeholder paths (a card must not carry local paths)."""
+    parts = ["lddetr-build-dataset", name, *sources, "--output-dir OUTPUT", f"--feature-dtype {feature_dtype}"]
+    parts += options
+    if splits:
+        parts.append("--splits " + " ".join(splits))
+    if max_video_clips:
+        parts.append(f"--max-video-clips {max_video_clips}")
+    return " ".join(parts)
 
 
 def render_card(template_path: Path, metadata: dict, context: dict) -> str:

@@ -2,9 +2,9 @@
 with synthetic features, built on first use into a cache folder.
 
 `demo_dataset_path()` writes the synthetic features in the official layout to a temporary folder and runs the
-real builder on them, into `$LDDETR_CACHE/qvhighlights-demo-v1` (default `~/.cache/lddetr/...`, see `processing/cache_dir.py`). A complete
-folder is reused; the builder publishes atomically, so a folder that exists is complete. Several processes
-(DDP ranks) may call it at once: one publishes, the others find the finished folder.
+real builder on them, into `$LDDETR_CACHE/qvhighlights-demo-v1` (default `~/.cache/lddetr/...`, see
+`processing/cache_dir.py`). A complete folder is reused; the builder publishes atomically, so a folder that exists
+is complete. Several processes (DDP ranks) may call it at once: one publishes, the others find the finished folder.
 """
 
 import tempfile
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from processing.cache_dir import default_cache_dir
 
-from .build import OutputExistsError, build_dataset
+from .build import build_dataset
+from .dataset_folder import OutputExistsError
 from .hub import INFO_FILE
 from .specs import SPECS, DatasetSpec
 from .synthetic_features import write_synthetic_features

@@ -3,7 +3,7 @@
     lddetr-build-dataset custom --annotations train.jsonl [--validation-annotations val.jsonl]
         [--test-annotations test.jsonl] --videos-dir videos/ --output-dir my-dataset [--clip-model M] [--clip-length 2]
     lddetr-build-dataset qvhighlights --annotations-dir data/ --videos-dir videos/ --output-dir qvhighlights-clip
-    torchrun --nproc_per_node 8 --no-python lddetr-build-dataset ...   # or accelerate launch -m hub_datasets.build
+    torchrun --nproc_per_node 8 --no-python lddetr-build-dataset ...   # or accelerate launch -m hub_datasets.cli
 
 Annotations are QVHighlights jsonl rows (`qid`, `query`, `vid`, `duration`, `relevant_windows`, optional
 `relevant_clip_ids` and `saliency_scores`); a row's video is its `video_path` field (relative to --videos-dir) or
@@ -13,6 +13,11 @@ Features: per video, clips and CLIP image features by `VideoFeaturizer` (the cod
 pipeline runs, so a model trained on the dataset sees at inference the features it was trained on); per query, CLIP
 text token features by `ClipTextEncoder`. The folder has today's layout (parquet shards, card, lddetr_dataset.json)
 plus `clip_feature_models.json`, which lddetr-train copies beside the model so that the pipeline picks the same CLIP.
+
+In Python: `build_from_videos(FromVideosOptions(name="custom", annotations=..., videos_dir=..., output_dir=...))`.
+The parts: `video_inputs.py` (annotations -> video files), `video_workers.py` (one process's share: decoding,
+encoding, work shards), `work_folder.py` (resumption), `processes.py` (torchrun), `dataset_folder.py` (the folder
+both builders write); this file runs them and merges the work shards into the folder.
 
 Scale and resumption. Videos are decoded in `--decode-workers` processes while the encoder runs; the clips of
 several videos share encoder batches. Under torchrun or `accelerate launch` (WORLD_SIZE > 1) each process takes a
@@ -32,343 +37,91 @@ other settings).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 
 from processing.inference.pipeline import ClipFeatureModels
-from processing.video.clip_encoders import DEFAULT_CLIP_MODEL, ClipTextEncoder, resolve_device
-from processing.video.feature_cache import save_npz_atomically
-from processing.video.featurizer import DecodedVideo, VideoFeaturizer, decode_video
+from processing.video.clip_encoders import DEFAULT_CLIP_MODEL, ClipTextEncoder
+from processing.video.featurizer import VideoFeaturizer
 
-from .annotations import AnnotationError, QueryRow, read_annotations
-from .build import (
-    BuildReport,
-    _check_output,
-    _hidden_sibling,
-    _publish,
-    dataset_info,
-    query_features,
-    query_row,
-    video_features,
-)
-from .card import card_context, hub_metadata, render_card
-from .hub import INFO_FILE
-from .parquet_shards import ShardedParquetWriter
+from .annotations import QueryRow, read_annotations
+from .card import build_command
+from .dataset_folder import BuildReport, DatasetFolderWriter, check_output, dataset_info, query_row
+from .parquet_shards import MAX_SHARD_BYTES
+from .processes import Processes
 from .specs import CLIP, SPECS, DatasetSpec
+from .video_inputs import Failure, VideoJob, custom_spec, video_jobs, video_path_fields
+from .video_workers import extract_share
+from .work_folder import BuildSettingsError, WorkFolder, build_settings
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".flv")
 CARD_FOLDER = "video-clip-features"
-SETTINGS_FILE = "build_settings.json"
-# test hook: SIGKILL this process after it has written this many work shards (as a crash or a pre-empted job would)
-KILL_AFTER_SHARDS_ENV = "LDDETR_BUILD_KILL_AFTER_SHARDS"
 TEXT_CHUNK = 1024  # queries encoded per call, to bound memory
 
 
-class BuildSettingsError(ValueError):
-    pass
-
-
 @dataclass(frozen=True)
-class VideoJob:
-    vid: str
-    path: str | None  # None: no file found
+class FromVideosOptions:
+    """A build from raw videos; the fields are the flags of `lddetr-build-dataset ... --videos-dir`."""
+
+    name: str  # a dataset type with CLIP features (its official annotations), or "custom"
+    videos_dir: Path
+    output_dir: Path
+    annotations_dir: Path | None = None  # the official annotation files (not custom)
+    annotations: Path | None = None  # custom: train annotations (QVHighlights jsonl)
+    validation_annotations: Path | None = None
+    test_annotations: Path | None = None
+    splits: list[str] | None = None
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_backend: str = "transformers"
+    clip_text_model: str | None = None  # default: clip_model
+    clip_length: float = 2.0  # custom only: the official datasets have theirs
+    device: str = "auto"
+    fp16: bool = False  # the same as dtype float16
+    dtype: str = "float32"  # what CLIP computes in (processing.video.precision)
+    batch_size: int = 64
+    decode_workers: int = 2
+    videos_per_shard: int = 32
+    report: Path | None = None  # default: OUTPUT.failures.jsonl beside the output
+    feature_dtype: str = "float32"
+    max_video_clips: int | None = None
+    overwrite: bool = False
+    max_shard_bytes: int = MAX_SHARD_BYTES
+    progress: bool = True
 
 
-@dataclass
-class Failure:
-    vid: str
-    path: str | None
-    reason: str
+def clip_dtype(options: FromVideosOptions) -> str:
+    return "float16" if options.fp16 else options.dtype
 
 
-# ------------------------------------------------------------------------------------------------ inputs
-
-
-def custom_spec(annotation_files: dict[str, Path]) -> DatasetSpec:
-    """QVHighlights-format annotations of one's own videos: QVHighlights labels and metrics (the clip length and
-    clip limit are the build's, not the registry's: see `merge`)."""
-    first = _first_record(annotation_files["train"])
-    qid_type = int if isinstance(first.get("qid"), int) and not isinstance(first.get("qid"), bool) else str
-    return replace(
-        SPECS["qvhighlights"],
-        split_files={split: str(path.absolute()) for split, path in annotation_files.items()},
-        qid_type=qid_type,
-        audio_source=None,
-    )
-
-
-def _first_record(path: Path) -> dict:
-    if not path.is_file():
-        raise AnnotationError(f"annotation file not found: {path}")
-    with open(path, encoding="utf-8") as file:
-        for line in file:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise AnnotationError(f"{path} line 1: not valid JSON ({error})") from None
-                return record if isinstance(record, dict) else {}
-    raise AnnotationError(f"{path}: no annotation rows")
-
-
-def video_path_fields(spec: DatasetSpec, annotations_dir: Path) -> dict[str, str]:
-    """vid -> the `video_path` field of its annotation rows, where they have one."""
-    paths = {}
-    for name in spec.split_files.values():
-        path = annotations_dir / name
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8") as file:
-            for line in file:
-                record = json.loads(line) if line.strip() else None
-                if isinstance(record, dict) and isinstance(record.get("video_path"), str):
-                    paths.setdefault(record.get("vid"), record["video_path"])
-    return paths
-
-
-def find_video(videos_dir: Path, vid: str, video_path: str | None) -> str | None:
-    if video_path is not None:
-        path = videos_dir / video_path
-        return str(path) if path.is_file() else None
-    for extension in VIDEO_EXTENSIONS:
-        path = videos_dir / f"{vid}{extension}"
-        if path.is_file():
-            return str(path)
-    return None
-
-
-def video_jobs(rows: list[QueryRow], videos_dir: Path, video_paths: dict[str, str]) -> list[VideoJob]:
-    """One job per video, in the order of the first query that uses it."""
-    vids = dict.fromkeys(row.vid for row in rows)
-    return [VideoJob(vid, find_video(videos_dir, vid, video_paths.get(vid))) for vid in vids]
-
-
-# ------------------------------------------------------------------------------------------------ decoding workers
-
-
-class DecodingDataset(Dataset):
-    """Decodes one video per item in a DataLoader worker: (job, DecodedVideo) or (job, the reason it failed)."""
-
-    def __init__(self, jobs: list[VideoJob], clip_length: float, frames_per_clip: list[int]):
-        self.jobs, self.clip_length, self.frames_per_clip = jobs, clip_length, frames_per_clip
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, index: int) -> tuple[VideoJob, DecodedVideo | str]:
-        job = self.jobs[index]
-        if job.path is None:
-            return job, f"no video file for vid {job.vid!r} (looked for {job.vid}{{{','.join(VIDEO_EXTENSIONS)}}})"
-        try:
-            return job, decode_video(job.path, self.clip_length, self.frames_per_clip)
-        except (OSError, ValueError) as error:  # the reader names the file and the problem
-            return job, str(error)
-
-
-def _unbatched(items):
-    return items[0]
-
-
-def decoded_videos(jobs: list[VideoJob], featurizer: VideoFeaturizer, workers: int) -> Iterator[tuple[VideoJob, DecodedVideo | str]]:
-    dataset = DecodingDataset(jobs, featurizer.clip_length, [encoder.frames_per_clip for encoder in featurizer.encoders])
-    loader = DataLoader(dataset, batch_size=1, collate_fn=_unbatched, num_workers=workers,
-                        prefetch_factor=2 if workers else None)
-    yield from loader
-
-
-# ------------------------------------------------------------------------------------------------ work folder
-
-
-class WorkFolder:
-    """Work shards: `videos/*.npz`, each the vids of a few videos and one (L, D) feature array per video."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.videos = path / "videos"
-
-    def prepare(self, settings: dict) -> None:
-        """Create the folder, or check that an existing one was made with the same settings."""
-        self.videos.mkdir(parents=True, exist_ok=True)
-        settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
-        recorded = self.path / SETTINGS_FILE
-        if recorded.is_file():
-            previous = json.loads(recorded.read_text(encoding="utf-8"))
-            if previous != settings:
-                changed = sorted(key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key))
-                raise BuildSettingsError(
-                    f"{self.path} holds the work of a build with other settings ({', '.join(changed)} differ): "
-                    "run with the same arguments to resume it, or delete it to start again"
-                )
-        else:
-            recorded.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for leftover in self.videos.glob(".*.tmp"):  # a shard being written when a run was killed
-            leftover.unlink(missing_ok=True)
-
-    def shard_paths(self) -> list[Path]:
-        return sorted(self.videos.glob("*.npz"))
-
-    def index(self) -> Iterator[tuple[Path, str, int]]:
-        """(shard, vid, index in the shard) of every stored video, each vid once."""
-        seen = set()
-        for path in self.shard_paths():
-            with np.load(path, allow_pickle=False) as shard:
-                for index, vid in enumerate(str(vid) for vid in shard["vids"]):
-                    if vid not in seen:
-                        seen.add(vid)
-                        yield path, vid, index
-
-    def write_shard(self, name: str, vids: list[str], features: list[np.ndarray]) -> Path:
-        arrays = {f"video_{i}": array for i, array in enumerate(features)}
-        return save_npz_atomically(self.videos / f"{name}.npz", {"vids": np.array(vids), **arrays})
-
-
-# ------------------------------------------------------------------------------------------------ processes
-
-
-@dataclass(frozen=True)
-class Processes:
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @classmethod
-    def from_environment(cls) -> Processes:
-        """torchrun and accelerate launch set these; a plain run is process 0 of 1."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        processes = cls(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-        if world_size > 1 and not torch.distributed.is_initialized():
-            # gloo whatever the device: only small Python objects travel; a long timeout, since process 0 waits
-            # for the slowest share
-            torch.distributed.init_process_group("gloo", timeout=timedelta(days=7))
-        return processes
-
-    def device(self, requested: str) -> torch.device:
-        if requested == "auto" and torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
-        return resolve_device(requested)
-
-    def share(self, items: list) -> list:
-        """A contiguous share, so that process order is annotation order."""
-        count = len(items)
-        return items[self.rank * count // self.world_size : (self.rank + 1) * count // self.world_size]
-
-    def broadcast(self, value):
-        if self.world_size == 1:
-            return value
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, value) -> list | None:
-        """Every process's value on process 0 (None elsewhere)."""
-        if self.world_size == 1:
-            return [value]
-        gathered = [None] * self.world_size if self.rank == 0 else None
-        torch.distributed.gather_object(value, gathered, dst=0)
-        return gathered
-
-    def close(self) -> None:
-        if self.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-# ------------------------------------------------------------------------------------------------ the build
-
-
-def extract_share(jobs: list[VideoJob], featurizer: VideoFeaturizer, work: WorkFolder, processes: Processes, *,
-                  decode_workers: int, videos_per_shard: int, feature_dtype: str, max_video_clips: int | None,
-                  progress: bool) -> list[Failure]:
-    """Features of this process's videos into work shards; returns the videos that failed."""
-    failures: list[Failure] = []
-    pending: list[tuple[VideoJob, DecodedVideo]] = []
-    shard: dict[str, list] = {"vids": [], "features": []}
-    shards_written = 0
-    kill_after = int(os.environ.get(KILL_AFTER_SHARDS_ENV, "0"))
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-
-    def encode_pending() -> None:
-        for (job, _), features in zip(pending, featurizer.encode([video for _, video in pending])):
-            matrix = features.concatenated()[:max_video_clips] if max_video_clips else features.concatenated()
-            shard["vids"].append(job.vid)
-            shard["features"].append(matrix.astype(feature_dtype))
-        pending.clear()
-
-    def write_shard() -> None:
-        nonlocal shards_written
-        name = f"rank{processes.rank:03d}-{stamp}-{shards_written:06d}"
-        work.write_shard(name, shard["vids"], shard["features"])
-        for values in shard.values():
-            values.clear()
-        shards_written += 1
-        if kill_after and shards_written >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    bar = tqdm(total=len(jobs), unit="video", desc=f"videos (process {processes.rank + 1}/{processes.world_size})",
-               disable=not progress or processes.rank != 0, dynamic_ncols=True)
-    for job, decoded in decoded_videos(jobs, featurizer, decode_workers):
-        if isinstance(decoded, str):
-            failures.append(Failure(job.vid, job.path, decoded))
-        else:
-            pending.append((job, decoded))
-            # the encoders run once enough clips are in for a full step (or the share ends)
-            if sum(len(video.clips) for _, video in pending) >= featurizer.clips_per_step:
-                encode_pending()
-        if len(shard["vids"]) >= videos_per_shard:  # a shard may hold a few more: one encoding step's videos
-            write_shard()
-        bar.update(1)
-    encode_pending()
-    if shard["vids"]:
-        write_shard()
-    bar.close()
-    return failures
-
-
-def build_settings(featurizer: VideoFeaturizer, text_encoder: ClipTextEncoder, feature_dtype: str,
-                   max_video_clips: int | None) -> dict:
-    """What the stored features depend on: a work folder is resumed only under the same settings."""
-    return {
-        "video_featurizer": featurizer.identity,
-        "text_encoder": text_encoder.identity,
-        "feature_dtype": feature_dtype,
-        "max_video_clips": max_video_clips,
-    }
-
-
-def build_command(args: argparse.Namespace) -> str:
-    """The command line that rebuilds the folder, with placeholder paths (the card must not carry local paths)."""
-    if args.name == "custom":
-        parts = ["lddetr-build-dataset custom --annotations TRAIN.jsonl"]
-        parts += ["--validation-annotations VAL.jsonl"] if args.validation_annotations else []
-        parts += ["--test-annotations TEST.jsonl"] if args.test_annotations else []
-        parts.append(f"--clip-length {args.clip_length:g}")
+def rebuild_command(options: FromVideosOptions) -> str:
+    """The command line of the build, for its card."""
+    if options.name == "custom":
+        sources = ["--annotations TRAIN.jsonl"]
+        sources += ["--validation-annotations VAL.jsonl"] if options.validation_annotations else []
+        sources += ["--test-annotations TEST.jsonl"] if options.test_annotations else []
+        settings = [f"--clip-length {options.clip_length:g}"]
     else:
-        parts = [f"lddetr-build-dataset {args.name} --annotations-dir ANNOTATIONS"]
-    parts.append("--videos-dir VIDEOS --output-dir OUTPUT")
-    parts.append(f"--clip-model {args.clip_model if not os.path.isdir(args.clip_model) else 'CLIP_MODEL_FOLDER'}")
-    parts.append(f"--feature-dtype {args.feature_dtype}")
-    if args.max_video_clips:
-        parts.append(f"--max-video-clips {args.max_video_clips}")
-    return " ".join(parts)
+        sources, settings = ["--annotations-dir ANNOTATIONS"], []
+    clip_model = "CLIP_MODEL_FOLDER" if os.path.isdir(options.clip_model) else options.clip_model  # no local paths
+    settings.append(f"--clip-model {clip_model}")
+    if clip_dtype(options) != "float32":
+        settings.append(f"--dtype {clip_dtype(options)}")
+    return build_command(options.name, sources + ["--videos-dir VIDEOS"], feature_dtype=options.feature_dtype,
+                         options=settings, splits=options.splits, max_video_clips=options.max_video_clips)
 
 
 def merge(spec: DatasetSpec, by_split: dict[str, list[QueryRow]], jobs: list[VideoJob], failures: list[Failure],
           work: WorkFolder, text_encoder: ClipTextEncoder, clip_models: ClipFeatureModels, clip_length: float,
-          args: argparse.Namespace, output_dir: Path, report_path: Path, progress: bool) -> tuple[dict, int]:
+          options: FromVideosOptions, output_dir: Path, report_path: Path, computation_dtype: str) -> tuple[dict, int]:
     """Process 0: the final folder from the work shards (videos in annotation order), text features, card."""
     failed = {failure.vid for failure in failures}
     order = {job.vid: index for index, job in enumerate(jobs)}
@@ -377,60 +130,53 @@ def merge(spec: DatasetSpec, by_split: dict[str, list[QueryRow]], jobs: list[Vid
     if not any(kept_rows.values()):
         raise ValueError(f"no usable video: all {len(jobs)} failed (see {report_path})")
     kept_rows = {split: rows for split, rows in kept_rows.items() if rows}
+    dtype = options.feature_dtype
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _hidden_sibling(output_dir, "partial")
+    # the work shards hold each video once; sorting their (vid, row) pairs by annotation order makes the folder
+    # independent of how the videos were shared among processes
+    located = sorted(((order[vid], path, index) for path, vid, index in work.index() if vid in order),
+                     key=lambda item: item[0])
+    with DatasetFolderWriter(output_dir, spec, dtype, overwrite=options.overwrite,
+                             max_shard_bytes=options.max_shard_bytes) as folder:
+        longest = folder.write_videos(_stored_videos(tqdm(located, desc="merging videos", unit="video",
+                                                          disable=not options.progress)))
+        for split, rows in kept_rows.items():
+            folder.write_queries(split, _encoded_queries(spec, rows, text_encoder, dtype, split, options.progress))
+
+        info = dataset_info(spec, kept_rows, dtype, False, options.max_video_clips, longest)
+        if options.name == "custom":  # one's own videos: no official clip length or clip limit applies
+            info.update(clip_length=clip_length, max_video_clips=options.max_video_clips or longest)
+        info["video_source"] = "raw videos, CLIP features extracted by lddetr"
+        info["feature_computation_dtype"] = computation_dtype
+        clip_models.save(folder.path)
+        clip_model = options.clip_model if not os.path.isdir(options.clip_model) else "a local CLIP folder"
+        folder.publish(info, rebuild_command(options), card_folder=CARD_FOLDER, source_dataset=options.name,
+                       clip_model=clip_model, clip_backend=options.clip_backend, num_failed=len(failures))
+    return info, len(located)
+
+
+def _stored_videos(located: Iterable[tuple[int, Path, int]]) -> Iterator[dict]:
+    """The `videos` rows of the work shards, in the order of `located` ((order, shard, index in the shard))."""
+    open_path, shard = None, None
     try:
-        # the work shards hold each video once; sorting their (vid, row) pairs by annotation order makes the folder
-        # independent of how the videos were shared among processes
-        located = sorted(((order[vid], path, index) for path, vid, index in work.index() if vid in order),
-                         key=lambda item: item[0])
-        videos = ShardedParquetWriter(staging / "data" / "videos", "train", video_features(spec, args.feature_dtype, False),
-                                      args.max_shard_mb * 2**20)
-        longest, open_path, shard = 0, None, None
-        for _, path, index in tqdm(located, desc="merging videos", unit="video", disable=not progress):
+        for _, path, index in located:
             if path != open_path:  # one process's shards come in order: each is opened once
                 if shard is not None:
                     shard.close()
                 open_path, shard = path, np.load(path, allow_pickle=False)
-            matrix = shard[f"video_{index}"]
-            longest = max(longest, matrix.shape[0])
-            videos.write({"vid": str(shard["vids"][index]), "video_features": matrix})
+            yield {"vid": str(shard["vids"][index]), "video_features": shard[f"video_{index}"]}
+    finally:
         if shard is not None:
             shard.close()
-        videos.close()
 
-        features = query_features(spec, args.feature_dtype)
-        for split, rows in kept_rows.items():
-            writer = ShardedParquetWriter(staging / "data" / "queries", split, features, args.max_shard_mb * 2**20)
-            for start in tqdm(range(0, len(rows), TEXT_CHUNK), desc=f"{split} queries", unit="chunk", disable=not progress):
-                chunk = rows[start : start + TEXT_CHUNK]
-                for row, text in zip(chunk, text_encoder([row.query for row in chunk])):
-                    writer.write(query_row(spec, row, text.astype(args.feature_dtype)))
-            writer.close()
 
-        info = dataset_info(spec, kept_rows, args.feature_dtype, False, args.max_video_clips, longest)
-        if args.name == "custom":  # one's own videos: no official clip length or clip limit applies
-            info.update(clip_length=clip_length, max_video_clips=args.max_video_clips or longest)
-        info["video_source"] = "raw videos, CLIP features extracted by lddetr"
-        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        clip_models.save(staging)
-        metadata = hub_metadata(features, video_features(spec, args.feature_dtype, False), list(kept_rows),
-                                sum(map(len, kept_rows.values())))
-        context = card_context(spec, info, len(located), build_command(args))
-        context.update(
-            source_dataset=args.name,
-            clip_model=args.clip_model if not os.path.isdir(args.clip_model) else "a local CLIP folder",
-            clip_backend=args.clip_backend,
-            num_failed=len(failures),
-        )
-        card = render_card(Path(__file__).parent / CARD_FOLDER / "README.md", metadata, context)
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        _publish(staging, output_dir, args.overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return info, len(located)
+def _encoded_queries(spec: DatasetSpec, rows: list[QueryRow], text_encoder: ClipTextEncoder, dtype: str, split: str,
+                     progress: bool):
+    """The `queries` rows of one split, their text encoded TEXT_CHUNK queries at a time."""
+    for start in tqdm(range(0, len(rows), TEXT_CHUNK), desc=f"{split} queries", unit="chunk", disable=not progress):
+        chunk = rows[start : start + TEXT_CHUNK]
+        for row, text in zip(chunk, text_encoder([row.query for row in chunk])):
+            yield query_row(spec, row, text.astype(dtype))
 
 
 def write_report(path: Path, failures: list[Failure], by_split: dict[str, list[QueryRow]]) -> None:
@@ -439,115 +185,112 @@ def write_report(path: Path, failures: list[Failure], by_split: dict[str, list[Q
     for rows in by_split.values():
         for row in rows:
             queries.setdefault(row.vid, []).append(row.qid)
-    lines = [json.dumps({"vid": f.vid, "path": f.path, "reason": f.reason, "queries": queries.get(f.vid, [])}) for f in failures]
+    lines = [json.dumps({"vid": f.vid, "path": f.path, "reason": f.reason, "queries": queries.get(f.vid, [])})
+             for f in failures]
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     os.replace(temporary, path)
 
 
-def build_from_videos(args: argparse.Namespace) -> BuildReport:
+def build_from_videos(options: FromVideosOptions) -> BuildReport:
+    """Run the build in this process (one of several under torchrun); process 0 writes the folder and gets its
+    report, the others an empty one."""
     started = time.perf_counter()
     # loading one CLIP tower from a full CLIP checkpoint reports the other tower's weights as unused: expected noise
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     processes = Processes.from_environment()
     try:
-        return _build(args, processes, started)
+        return _build(options, processes, started)
     finally:
         processes.close()
 
 
-def _read_inputs(args: argparse.Namespace) -> tuple[DatasetSpec, dict[str, list[QueryRow]], Path]:
-    if args.name == "custom":
-        if args.annotations is None:
-            raise ValueError("custom needs --annotations TRAIN.jsonl (and optionally --validation-annotations, --test-annotations)")
-        files = {"train": args.annotations}
-        files.update({split: path for split, path in (("validation", args.validation_annotations), ("test", args.test_annotations)) if path})
+def _read_inputs(options: FromVideosOptions) -> tuple[DatasetSpec, dict[str, list[QueryRow]], Path]:
+    if options.name == "custom":
+        if options.annotations is None:
+            raise ValueError("custom needs --annotations TRAIN.jsonl (and optionally --validation-annotations, "
+                             "--test-annotations)")
+        files = {"train": options.annotations}
+        others = (("validation", options.validation_annotations), ("test", options.test_annotations))
+        files.update({split: path for split, path in others if path})
         spec = custom_spec(files)
         annotations_dir = Path(".")
     else:
-        if args.annotations_dir is None:
-            raise ValueError(f"{args.name} needs --annotations-dir (the folder of the official annotation files)")
-        spec = SPECS[args.name]
+        if options.annotations_dir is None:
+            raise ValueError(f"{options.name} needs --annotations-dir (the folder of the official annotation files)")
+        spec = SPECS[options.name]
         if "clip" not in [source.name for source in spec.video_sources]:
-            raise ValueError(f"{args.name} has no CLIP video features to extract; build it from its feature files (--features-dir)")
+            raise ValueError(f"{options.name} has no CLIP video features to extract; build it from its feature files "
+                             "(--features-dir)")
         spec = replace(spec.with_video_features(["clip"]), audio_source=None)
-        annotations_dir = args.annotations_dir
-    by_split = read_annotations(spec, annotations_dir, args.splits)
+        annotations_dir = options.annotations_dir
+    by_split = read_annotations(spec, annotations_dir, options.splits)
     return spec, by_split, annotations_dir
 
 
-def _build(args: argparse.Namespace, processes: Processes, started: float) -> BuildReport:
-    output_dir = args.output_dir.absolute()
-    _check_output(output_dir, args.overwrite)
-    if not args.videos_dir.is_dir():
-        raise ValueError(f"--videos-dir {args.videos_dir} is not a folder")
-    spec, by_split, annotations_dir = _read_inputs(args)
+def _build(options: FromVideosOptions, processes: Processes, started: float) -> BuildReport:
+    output_dir = Path(options.output_dir).absolute()
+    check_output(output_dir, options.overwrite)
+    videos_dir = Path(options.videos_dir)
+    if not videos_dir.is_dir():
+        raise ValueError(f"--videos-dir {options.videos_dir} is not a folder")
+    spec, by_split, annotations_dir = _read_inputs(options)
     rows = [row for split_rows in by_split.values() for row in split_rows]
-    jobs = video_jobs(rows, args.videos_dir, video_path_fields(spec, annotations_dir))
+    jobs = video_jobs(rows, videos_dir, video_path_fields(spec, annotations_dir))
 
-    device = processes.device(args.device)
-    clip_length = args.clip_length if args.name == "custom" else spec.clip_length
-    featurizer = VideoFeaturizer.from_clip(args.clip_model, backend=args.clip_backend, clip_length=clip_length,
-                                           batch_size=args.batch_size, device=device, fp16=args.fp16, use_cache=False)
-    text_model = args.clip_text_model or args.clip_model
-    text_encoder = ClipTextEncoder(text_model, device=device, fp16=args.fp16) if processes.rank == 0 else None
+    device = processes.device(options.device)
+    clip_length = options.clip_length if options.name == "custom" else spec.clip_length
+    featurizer = VideoFeaturizer.from_clip(options.clip_model, backend=options.clip_backend, clip_length=clip_length,
+                                           batch_size=options.batch_size, device=device, dtype=clip_dtype(options),
+                                           use_cache=False)
+    text_model = options.clip_text_model or options.clip_model
+    text_encoder = (
+        ClipTextEncoder(text_model, device=device, dtype=clip_dtype(options)) if processes.rank == 0 else None
+    )
     text_dim = text_encoder.feature_dim if text_encoder is not None else None
     spec = replace(spec, video_sources=(CLIP,)).with_dims(featurizer.feature_dims, text_dim)
 
-    work = WorkFolder(output_dir.parent / f".{output_dir.name}.work")
+    work = WorkFolder.beside(output_dir)
     if processes.rank == 0:
         done = set()
         try:
-            work.prepare(build_settings(featurizer, text_encoder, args.feature_dtype, args.max_video_clips))
+            work.prepare(build_settings(featurizer, text_encoder, options.feature_dtype, options.max_video_clips))
             done = {vid for _, vid, _ in work.index()}
             todo, problem = [job for job in jobs if job.vid not in done], None
         except BuildSettingsError as error:
             todo, problem = None, str(error)
         if done and not problem:
-            print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} videos already in {work.path.name}", file=sys.stderr)
+            print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} videos already in {work.path.name}",
+                  file=sys.stderr)
     todo, problem = processes.broadcast((todo, problem) if processes.rank == 0 else None)
     if problem:
         raise BuildSettingsError(problem)
 
-    failures = extract_share(processes.share(todo), featurizer, work, processes, decode_workers=args.decode_workers,
-                             videos_per_shard=args.videos_per_shard, feature_dtype=args.feature_dtype,
-                             max_video_clips=args.max_video_clips, progress=not args.no_progress)
+    failures = extract_share(processes.share(todo), featurizer, work, processes, decode_workers=options.decode_workers,
+                             videos_per_shard=options.videos_per_shard, feature_dtype=options.feature_dtype,
+                             max_video_clips=options.max_video_clips, progress=options.progress)
     gathered = processes.gather(failures)
     if processes.rank != 0:
         return BuildReport(output_dir, {}, 0, 0, time.perf_counter() - started)
 
     position = {job.vid: index for index, job in enumerate(jobs)}
     failures = sorted((f for share in gathered for f in share), key=lambda failure: position[failure.vid])
-    report_path = args.report or output_dir.parent / f"{output_dir.name}.failures.jsonl"
-    clip_models = ClipFeatureModels(image_model=args.clip_model, text_model=text_model,
-                                    image_backend=args.clip_backend, frames_per_clip=1)
+    report_path = options.report or output_dir.parent / f"{output_dir.name}.failures.jsonl"
+    clip_models = ClipFeatureModels(image_model=options.clip_model, text_model=text_model,
+                                    image_backend=options.clip_backend, frames_per_clip=1)
     info, num_videos = merge(spec, by_split, jobs, failures, work, text_encoder, clip_models, featurizer.clip_length,
-                             args, output_dir, report_path, not args.no_progress)
+                             options, output_dir, report_path,
+                             str(featurizer.encoders[0].dtype).removeprefix("torch."))
     shutil.rmtree(work.path, ignore_errors=True)
     for failure in failures:
         print(f"skipped video {failure.vid!r}: {failure.reason}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} of {len(jobs)} videos failed; listed in {report_path}", file=sys.stderr)
-    num_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
-    return BuildReport(output_dir, info, num_videos, num_bytes, time.perf_counter() - started)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("from raw videos (--videos-dir)")
-    group.add_argument("--videos-dir", type=Path, help="folder of video files: extract CLIP features from the videos")
-    group.add_argument("--annotations", type=Path, help="custom: the train annotations (QVHighlights jsonl)")
-    group.add_argument("--validation-annotations", type=Path, help="custom: validation annotations")
-    group.add_argument("--test-annotations", type=Path, help="custom: test annotations (labels optional)")
-    group.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model, Hub id or folder (default: %(default)s)")
-    group.add_argument("--clip-backend", choices=("transformers", "timm"), default="transformers",
-                       help="image tower implementation (the text tower is always transformers')")
-    group.add_argument("--clip-text-model", help="another CLIP model for the text features (default: --clip-model)")
-    group.add_argument("--clip-length", type=float, default=2.0, help="custom: seconds per clip (default: %(default)s)")
-    group.add_argument("--device", default="auto", help="auto (this process's GPU when there is one), cpu, cuda:1, ...")
-    group.add_argument("--fp16", action="store_true", help="half-precision CLIP (CUDA)")
-    group.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward (default: %(default)s)")
-    group.add_argument("--decode-workers", type=int, default=2, help="video decoding processes per process (0: decode inline)")
-    group.add_argument("--videos-per-shard", type=int, default=32, help="videos per work shard: the unit of resumption")
-    group.add_argument("--report", type=Path, help="failed videos, JSON lines (default: OUTPUT.failures.jsonl beside the output)")
+    seconds = time.perf_counter() - started
+    failed = {failure.vid for failure in failures}
+    video_seconds = sum({row.vid: row.duration for row in rows if row.vid not in failed}.values())
+    print(f"{num_videos / seconds:.2f} videos/s, {video_seconds / seconds:.1f} video-seconds/s "
+          f"({num_videos} videos, {video_seconds:.0f} s of video, in {seconds:.1f} s)", file=sys.stderr)
+    return BuildReport.of_folder(output_dir, info, num_videos, started)

@@ -7,7 +7,8 @@ import numpy as np
 from datasets import Array2D, Dataset, DatasetDict, load_dataset
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from processing.hub_ids import require_folder_or_hub_id
 
 from .card import split_front_matter
 
@@ -24,18 +25,6 @@ INFO_KEYS = (
     "feature_dtype",
     "splits",
 )
-
-
-def require_folder_or_hub_id(location: str | Path, what: str) -> None:
-    """Raise FileNotFoundError naming `location` when it is neither a folder nor a possible Hub repository id, so that
-    a mistyped path is reported as one rather than as a malformed repository id."""
-    location = str(location)
-    if Path(location).is_dir():
-        return
-    try:
-        validate_repo_id(location)
-    except HFValidationError:
-        raise FileNotFoundError(f"no such {what} folder: {location}") from None
 
 
 def read_info(path: Path) -> dict:

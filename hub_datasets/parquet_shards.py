@@ -62,7 +62,9 @@ class ShardedParquetWriter:
             return
         if self.writer is None:
             path = self.folder / f"{self.split}-{len(self.partial_paths):05d}.parquet.partial"
-            scalar_columns = [f.name for f in self.schema if not pa.types.is_nested(f.type) and f.name not in self.matrix_columns]
+            scalar_columns = [
+                f.name for f in self.schema if not pa.types.is_nested(f.type) and f.name not in self.matrix_columns
+            ]
             self.writer = pq.ParquetWriter(path, self.schema, write_statistics=scalar_columns)
             self.partial_paths.append(path)
         self.writer.write_table(self._table())

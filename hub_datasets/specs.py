@@ -69,7 +69,9 @@ class DatasetSpec:
         if video_dims is not None:
             if len(video_dims) != len(sources):
                 names = [s.name for s in sources]
-                raise ValueError(f"{self.dataset_type} has {len(sources)} video feature types {names}, got dims {video_dims}")
+                raise ValueError(
+                    f"{self.dataset_type} has {len(sources)} video feature types {names}, got dims {video_dims}"
+                )
             sources = tuple(replace(s, dim=int(d)) for s, d in zip(sources, video_dims))
         text = self.text_source if text_dim is None else replace(self.text_source, dim=int(text_dim))
         return replace(self, video_sources=sources, text_source=text)

@@ -61,7 +61,9 @@ def _relevance(row: QueryRow, num_clips: int) -> np.ndarray:
     return weights
 
 
-def synthetic_video(vid: str, rows: list[QueryRow], clip_length: float, dims: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_video(
+    vid: str, rows: list[QueryRow], clip_length: float, dims: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(slowfast-like, clip-like) float32 features of one video, from the queries that use it."""
     slowfast_dim, clip_dim = dims
     rng = _rng(2, _vid_key(vid))

@@ -39,7 +39,9 @@ class LDDetrDataCollator:
         self.video_row = {}
         for index, vid in enumerate(videos["vid"]):
             if vid in self.video_row:
-                raise ValueError(f"vid {vid!r} appears twice in the videos dataset (rows {self.video_row[vid]} and {index})")
+                raise ValueError(
+                    f"vid {vid!r} appears twice in the videos dataset (rows {self.video_row[vid]} and {index})"
+                )
             self.video_row[vid] = index
         self.seed = torch.initial_seed() if seed is None else int(seed)
 
@@ -62,7 +64,9 @@ class LDDetrDataCollator:
         return batch
 
     def _generator(self, rows: Sequence[Mapping]) -> np.random.Generator:
-        qid_keys = [zlib.crc32(str(row.get("qid")).encode()) for row in rows]  # str(): stable across processes, unlike hash()
+        qid_keys = [
+            zlib.crc32(str(row.get("qid")).encode()) for row in rows
+        ]  # str(): stable across processes, unlike hash()
         return np.random.default_rng([self.seed, *qid_keys])
 
 

@@ -6,6 +6,9 @@ hidden 256, 8 heads, FFN 1024, 2/2/5/2/2 layers, 10 queries, queue 65536) and it
 
 from transformers import PreTrainedConfig
 
+# the plain PyTorch reference and the hand-written kernels (see LDDetrConfig, Kernels)
+KERNELS = ("eager", "fused")
+
 
 class LDDetrConfig(PreTrainedConfig):
     r"""
@@ -54,6 +57,12 @@ class LDDetrConfig(PreTrainedConfig):
         rank_contrastive_temperature: temperature of the rank-contrastive saliency loss.
 
         validate_inputs: check inputs for NaN/inf and empty masks (one host-device sync per forward).
+
+    Kernels:
+        kernels: "fused" (default) runs the hand-written kernels of the `fused_*.py` files where each one's
+            predicate says it applies and plain PyTorch elsewhere; "eager" runs the plain PyTorch modules and
+            formulas everywhere, the readable reference (`LDDetrModel.set_kernels` switches a built model). Both
+            have the same parameters: a checkpoint of one loads into the other.
     """
 
     model_type = "lddetr"
@@ -109,27 +118,39 @@ class LDDetrConfig(PreTrainedConfig):
     rank_contrastive_temperature: float = 0.5
 
     validate_inputs: bool = True
+    kernels: str = "fused"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.num_decoder_loops < 1:
             raise ValueError(
-                f"num_decoder_loops must be >= 1, got {self.num_decoder_loops}: the Loop Decoder needs at least one pass."
+                f"num_decoder_loops must be >= 1, got {self.num_decoder_loops}: "
+                "the Loop Decoder needs at least one pass."
             )
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})."
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})."
             )
         if self.hidden_size % 2 != 0:
-            raise ValueError(f"hidden_size must be even (the anchor sine embedding splits it in two), got {self.hidden_size}.")
+            raise ValueError(
+                f"hidden_size must be even (the anchor sine embedding splits it in two), got {self.hidden_size}."
+            )
         for name in ("video_feature_dim", "text_feature_dim", "num_queries", "num_decoder_layers", "queue_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.audio_feature_dim < 0:
             raise ValueError(f"audio_feature_dim must be >= 0, got {self.audio_feature_dim}.")
-        for name in ("num_t2v_encoder_layers", "num_encoder1_layers", "num_convolutional_blocks", "num_encoder2_layers"):
+        for name in (
+            "num_t2v_encoder_layers",
+            "num_encoder1_layers",
+            "num_convolutional_blocks",
+            "num_encoder2_layers",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(map(repr, KERNELS))}, got {self.kernels!r}.")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}.")
 

@@ -51,7 +51,13 @@ _PLAIN_RENAMES = [
     ("prediction_heads.video_moment_retrieval_prediction_head.", "moment_retrieval_head."),
     ("prediction_heads.highlight_detection_prediction_head.", "highlight_detection_head."),
 ]
-_UNCHANGED_PREFIXES = ("video_encoder.", "text_encoder.", "momentum_video_encoder.", "momentum_text_encoder.", "distill_align.")
+_UNCHANGED_PREFIXES = (
+    "video_encoder.",
+    "text_encoder.",
+    "momentum_video_encoder.",
+    "momentum_text_encoder.",
+    "distill_align.",
+)
 _DROPPED_PREFIXES = ("txt_position_embed.",)  # built by the official model, never used
 
 
@@ -244,7 +250,9 @@ def convert_official_checkpoint(
     state_dict = convert_official_state_dict(checkpoint["model"])
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {checkpoint_path} does not fit LD-DETR: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"checkpoint {checkpoint_path} does not fit LD-DETR: missing {missing}, unexpected {unexpected}"
+        )
     if output_dir is not None:
         model.save_pretrained(output_dir, save_queues=save_queues)
         processor_from_official_checkpoint(checkpoint, config).save_pretrained(output_dir)
@@ -268,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"lddetr-convert: error: {error}") from None
-    print(f"converted {args.checkpoint} -> {args.output_dir} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    print(
+        f"converted {args.checkpoint} -> {args.output_dir} ({sum(p.numel() for p in model.parameters()):,} parameters)"
+    )
 
 
 if __name__ == "__main__":

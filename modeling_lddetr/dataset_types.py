@@ -1,4 +1,5 @@
-"""The registry of dataset types: what a dataset's `dataset_type` (its `lddetr_dataset.json`) implies, read by every part.
+"""The registry of dataset types: what a dataset's `dataset_type` (its `lddetr_dataset.json`) implies, read by every
+part.
 
 It lives in `modeling_lddetr/` because the processor needs a type's saliency label type and the converter its
 official name, and this folder may import nothing outside itself; the builder (`hub_datasets/specs.py`: file layout
@@ -41,4 +42,3 @@ def dataset_type(name: str) -> DatasetType:
     if name not in DATASET_TYPES:
         raise ValueError(f"unknown dataset_type {name!r}; expected one of {sorted(DATASET_TYPES)}")
     return DATASET_TYPES[name]
-

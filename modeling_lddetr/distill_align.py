@@ -2,9 +2,10 @@
 
 Global video and text features (masked means of the unimodal features, L2-normalised) are contrasted against
 each other and against queues of past momentum features. The momentum features come from `MomentumEncoder`s:
-exponential moving averages of the online unimodal encoders, updated before each training forward. The targets mix the momentum model's similarity
-distribution with the one-hot identity: Y = α·softmax(S_m) + (1 − α)·I. The official code also adds a
-SimSiam-like "sim" loss (not in the paper) with a shared `predictor`; it is kept, with its own weight.
+exponential moving averages of the online unimodal encoders, updated before each training forward. The targets mix
+the momentum model's similarity distribution with the one-hot identity: Y = α·softmax(S_m) + (1 − α)·I. The
+official code also adds a SimSiam-like "sim" loss (not in the paper) with a shared `predictor`; it is kept, with its
+own weight.
 """
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_lddetr import LDDetrConfig
+from .fused_distill_align import QueueSnapshot, fused_contrastive_loss, fused_distill_align_applies
 from .unimodal_encoder import UnimodalEncoder
 
 
@@ -20,8 +22,8 @@ class MomentumEncoder(UnimodalEncoder):
     """A `UnimodalEncoder` that follows an online encoder as an exponential moving average; never optimised and
     run without gradient. Same parameters as `UnimodalEncoder`, so checkpoints keep the official layout."""
 
-    def __init__(self, input_dim: int, hidden_size: int, dropout: float):
-        super().__init__(input_dim, hidden_size, dropout)
+    def __init__(self, input_dim: int, hidden_size: int, dropout: float, kernels: str = "fused"):
+        super().__init__(input_dim, hidden_size, dropout, kernels)
         self.requires_grad_(False)
 
     @torch.no_grad()
@@ -41,96 +43,25 @@ class MomentumEncoder(UnimodalEncoder):
         return super().forward(features)
 
 
+def contrastive_loss(query, keys, queue, target, alpha, temperature) -> torch.Tensor:
+    """query, keys, target (B, d), queue (d, K) -> −mean_i Σ_j Y_ij log p_ij: p the softmax of the logits
+    [query keysᵀ | query queue] / temperature, Y = α·softmax([target keysᵀ | target queue] / temperature) +
+    (1 − α)·[I | 0] (paper Eq. 8-13)."""
+    batch = query.shape[0]
+    logits = torch.cat([query @ keys.T, query @ queue], dim=1) / temperature  # (B, B + K)
+    with torch.no_grad():
+        soft_targets = (torch.cat([target @ keys.T, target @ queue], dim=1) / temperature).softmax(dim=1)
+        identity = torch.zeros_like(soft_targets)
+        identity[:, :batch] = torch.eye(batch, dtype=soft_targets.dtype, device=soft_targets.device)
+        targets = alpha * soft_targets + (1 - alpha) * identity
+    return -(targets * logits.log_softmax(dim=1)).sum(1).mean()
+
+
 def _global_feature(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # (B, S, d), (B, S) bool -> (B, d): the L2-normalised mean over the valid positions
     # (the official code averages over padding too)
     weights = mask.to(x.dtype)[..., None]
     return F.normalize((x * weights).sum(1) / weights.sum(1), dim=-1)
-
-
-class _QueueSnapshot:
-    """The queue columns an enqueue overwrote, with their old values, for a gradient computed afterwards."""
-
-    def __init__(self, queue: torch.Tensor):
-        self.queue = queue
-        self.columns: torch.Tensor | None = None
-        self.old_values: torch.Tensor | None = None
-        self.version_after_enqueue: int | None = None
-
-
-class _QueueLogits(torch.autograd.Function):
-    """query (B, d) @ queue (d, K), without saving a copy of the queue for backward, and targets (b, d) @ queue (no
-    gradient) from the same GEMM, whose 2B rows run much faster than two GEMMs of B rows.
-
-    The queue is updated in place (enqueue) after the loss and before backward. Its gradient w.r.t. the query
-    needs the queue as it was, so the backward takes the current queue and swaps the overwritten columns back
-    from the snapshot: grad @ old.T = grad @ new.T − grad[:, cols] @ (new[:, cols] − old[:, cols]).T.
-    """
-
-    @staticmethod
-    def forward(ctx, query, snapshot, targets):
-        ctx.snapshot = snapshot
-        ctx.version = snapshot.queue._version
-        # computed as (queueᵀ rowsᵀ)ᵀ: written (K, 2B), the product runs about a fifth faster on the CPU than with
-        # a (2B, K) output; the logits are its transposed view, which the softmax and the backward read as fast
-        rows = torch.cat([query, targets])  # (2B, d)
-        logits = (snapshot.queue.T @ rows.T).T  # (2B, K)
-        query_logits, target_logits = logits.split([query.shape[0], targets.shape[0]])
-        ctx.mark_non_differentiable(target_logits)
-        return query_logits, target_logits
-
-    @staticmethod
-    def backward(ctx, grad, *_):
-        snapshot = ctx.snapshot
-        queue = snapshot.queue
-        expected = ctx.version if snapshot.columns is None else snapshot.version_after_enqueue
-        if queue._version != expected:
-            raise RuntimeError(
-                "The Distill Align queue changed between this forward and its backward more than once; run backward "
-                "after each training forward."
-            )
-        grad_query = grad @ queue.T.to(grad.dtype)
-        if snapshot.columns is not None:
-            changed = (queue[:, snapshot.columns] - snapshot.old_values).to(grad.dtype)  # (d, b)
-            grad_query = grad_query - grad[:, snapshot.columns] @ changed.T
-        return grad_query, None, None
-
-
-def _softmax_of_blocks(batch_logits: torch.Tensor, queue_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax over the columns of [batch_logits (B, B) | queue_logits (B, K)] without concatenating them:
-    (batch probabilities, queue probabilities, log-normaliser (B, 1))."""
-    maximum = torch.maximum(batch_logits.amax(1, keepdim=True), queue_logits.amax(1, keepdim=True))
-    batch_exp = (batch_logits - maximum).exp_()
-    queue_exp = (queue_logits - maximum).exp_()
-    total = batch_exp.sum(1, keepdim=True) + queue_exp.sum(1, keepdim=True)
-    return batch_exp.div_(total), queue_exp.div_(total), maximum + total.log()
-
-
-class _DistillationCrossEntropy(torch.autograd.Function):
-    """mean_i −Σ_j Y_ij log p_ij, p = softmax over [in-batch (B, B) | queue (B, K)] logits and
-    Y = α·[batch_targets | queue_targets] + (1 − α)·[I | 0] (the targets being a softmax, rows summing to 1).
-
-    As Σ_j Y_ij = 1, Σ_j Y_ij log p_ij = Σ_j Y_ij s_ij − log Z_i: neither log p nor Y is formed, and the gradient
-    w.r.t. the logits, (p − Y) / B, takes one pass over the queue block.
-    """
-
-    @staticmethod
-    def forward(ctx, batch_logits, queue_logits, batch_targets, queue_targets, alpha: float):
-        batch_probs, queue_probs, log_normalizer = _softmax_of_blocks(batch_logits, queue_logits)
-        distilled = torch.linalg.vecdot(batch_targets, batch_logits) + torch.linalg.vecdot(queue_targets, queue_logits)
-        identity = batch_logits.diagonal()
-        ctx.alpha = alpha
-        ctx.save_for_backward(batch_probs, queue_probs, batch_targets, queue_targets)
-        return (log_normalizer.flatten() - alpha * distilled - (1 - alpha) * identity).mean()
-
-    @staticmethod
-    def backward(ctx, grad):
-        batch_probs, queue_probs, batch_targets, queue_targets = ctx.saved_tensors
-        scale = grad / batch_probs.shape[0]
-        grad_batch = torch.sub(batch_probs, batch_targets, alpha=ctx.alpha)
-        grad_batch.diagonal().sub_(1 - ctx.alpha)
-        grad_queue = torch.sub(queue_probs, queue_targets, alpha=ctx.alpha).mul_(scale)
-        return grad_batch.mul_(scale), grad_queue, None, None, None
 
 
 def _gather_from_all_processes(x: torch.Tensor) -> torch.Tensor:
@@ -147,6 +78,7 @@ class DistillAlign(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.distillation_coefficient = config.distillation_coefficient
+        self.kernels = config.kernels
         self.gather_across_processes = config.gather_queue_across_processes
         self.temperature = nn.Parameter(torch.tensor(config.temperature))
         self.predictor = nn.Linear(d, d)
@@ -155,19 +87,13 @@ class DistillAlign(nn.Module):
         self.register_buffer("text_queue", F.normalize(torch.randn(d, config.queue_length), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
-    def _contrastive_loss(self, query: torch.Tensor, keys_momentum: torch.Tensor, queue: _QueueSnapshot, target_momentum: torch.Tensor, alpha, temperature) -> torch.Tensor:
-        """query (B, d) online; keys_momentum (B, d) and queue (d, K) the other modality; target_momentum (B, d)
-        this modality's momentum features. Logits over [in-batch momentum keys | queue] / temperature, without
-        concatenating the queue (which would copy it every step) or the two blocks: the (B, d) features are
-        divided by the temperature instead of the (B, B + K) logits, and the query and the target rows share one
-        GEMM per block."""
-        scaled_query = query / temperature
-        scaled_target = target_momentum / temperature.detach()
-        batch_logits, target_batch_logits = (torch.cat([scaled_query, scaled_target]) @ keys_momentum.T).split(query.shape[0])
-        queue_logits, target_queue_logits = _QueueLogits.apply(scaled_query, queue, scaled_target)
-        with torch.no_grad():
-            batch_targets, queue_targets, _ = _softmax_of_blocks(target_batch_logits, target_queue_logits)
-        return _DistillationCrossEntropy.apply(batch_logits, queue_logits, batch_targets, queue_targets, alpha)
+    def _contrastive_loss(self, query, keys_momentum, queue, target_momentum, alpha, temperature) -> torch.Tensor:
+        """query (B, d) online; keys_momentum (B, d) and queue the other modality (a `QueueSnapshot` of it for the
+        fused loss, else the (d, K) queue as it was before the enqueue); target_momentum (B, d) this modality's
+        momentum features -> −mean_i Σ_j Y_ij log softmax(S / temperature)_ij over [in-batch | queue] columns."""
+        if fused_distill_align_applies(self.kernels):
+            return fused_contrastive_loss(query, keys_momentum, queue, target_momentum, alpha, temperature)
+        return contrastive_loss(query, keys_momentum, queue, target_momentum, alpha, temperature)
 
     def forward(
         self,
@@ -186,7 +112,12 @@ class DistillAlign(nn.Module):
         columns keeps fp32 accuracy, and the (d, K) queues are not cast to bf16 for every GEMM (a cast takes
         longer than the fp32 GEMM)."""
         with torch.autocast(video.device.type, enabled=False):
-            return self._losses(*(x.to(self.video_queue.dtype) for x in (video, text, video_momentum, text_momentum)), video_mask, text_mask, training_progress)
+            return self._losses(
+                *(x.to(self.video_queue.dtype) for x in (video, text, video_momentum, text_momentum)),
+                video_mask,
+                text_mask,
+                training_progress,
+            )
 
     def _losses(self, video, text, video_momentum, text_momentum, video_mask, text_mask, training_progress):
         video_global, text_global = _global_feature(video, video_mask), _global_feature(text, text_mask)
@@ -204,26 +135,39 @@ class DistillAlign(nn.Module):
 
         video_global_momentum = video_global_momentum.detach()
         text_global_momentum = text_global_momentum.detach()
-        text_queue, video_queue = _QueueSnapshot(self.text_queue), _QueueSnapshot(self.video_queue)
-        loss_v2t = self._contrastive_loss(video_global, text_global_momentum, text_queue, video_global_momentum, alpha, temperature)
-        loss_t2v = self._contrastive_loss(text_global, video_global_momentum, video_queue, text_global_momentum, alpha, temperature)
+        if fused_distill_align_applies(self.kernels):
+            text_queue, video_queue = QueueSnapshot(self.text_queue), QueueSnapshot(self.video_queue)
+        else:  # the queues as they are now: the enqueue below writes into them before backward
+            text_queue, video_queue = self.text_queue.clone(), self.video_queue.clone()
+        loss_v2t = self._contrastive_loss(
+            video_global, text_global_momentum, text_queue, video_global_momentum, alpha, temperature
+        )
+        loss_t2v = self._contrastive_loss(
+            text_global, video_global_momentum, video_queue, text_global_momentum, alpha, temperature
+        )
         loss_align = (loss_v2t + loss_t2v) / 2
 
         predicted_text = self.predictor(video_global.relu())
         predicted_video = self.predictor(text_global.relu())
-        loss_sim = -(
-            F.cosine_similarity(predicted_text, text_global, dim=-1, eps=1e-8).mean()
-            + F.cosine_similarity(predicted_video, video_global, dim=-1, eps=1e-8).mean()
-        ) / 2
+        loss_sim = (
+            -(
+                F.cosine_similarity(predicted_text, text_global, dim=-1, eps=1e-8).mean()
+                + F.cosine_similarity(predicted_video, video_global, dim=-1, eps=1e-8).mean()
+            )
+            / 2
+        )
 
         if self.training:
             self._enqueue(video_global_momentum, text_global_momentum, video_queue, text_queue)
         return loss_align, loss_sim
 
     @torch.no_grad()
-    def _enqueue(self, video_features: torch.Tensor, text_features: torch.Tensor, video_snapshot: _QueueSnapshot, text_snapshot: _QueueSnapshot) -> None:
+    def _enqueue(
+        self, video_features: torch.Tensor, text_features: torch.Tensor, video_snapshot, text_snapshot
+    ) -> None:
         """Write the (global, under DDP) batch at the pointer, wrapping around the end of the queue, so that no
-        batch size is skipped (the official code skips batches whose size does not divide the queue length)."""
+        batch size is skipped (the official code skips batches whose size does not divide the queue length). The
+        fused loss's `QueueSnapshot`s record the overwritten columns for its backward."""
         if self.gather_across_processes:
             video_features = _gather_from_all_processes(video_features)
             text_features = _gather_from_all_processes(text_features)
@@ -231,9 +175,13 @@ class DistillAlign(nn.Module):
         video_features, text_features = video_features[-queue_length:], text_features[-queue_length:]
         batch = video_features.shape[0]
         columns = (self.queue_ptr + torch.arange(batch, device=self.queue_ptr.device)) % queue_length
-        for snapshot, features in ((video_snapshot, video_features), (text_snapshot, text_features)):
-            snapshot.columns = columns
-            snapshot.old_values = snapshot.queue[:, columns]
-            snapshot.queue[:, columns] = features.T.to(snapshot.queue.dtype)
-            snapshot.version_after_enqueue = snapshot.queue._version
+        for queue, features, snapshot in (
+            (self.video_queue, video_features, video_snapshot),
+            (self.text_queue, text_features, text_snapshot),
+        ):
+            if isinstance(snapshot, QueueSnapshot):
+                snapshot.record_overwrite(columns)
+            queue[:, columns] = features.T.to(queue.dtype)
+            if isinstance(snapshot, QueueSnapshot):
+                snapshot.version_after_enqueue = queue._version
         self.queue_ptr.copy_((self.queue_ptr + batch) % queue_length)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 
-from .labels_lddetr import OFFICIAL_SALIENCY_PAIRS, SALIENCY_LABEL_TYPES, LabelMaker, numpy_generator
+from .labels_lddetr import EVEN_PAIR_TYPES, OFFICIAL_SALIENCY_PAIRS, SALIENCY_LABEL_TYPES, LabelMaker, numpy_generator
+
 
 class LDDetrFeatureExtractor(FeatureExtractionMixin):
     r"""
@@ -33,10 +34,12 @@ class LDDetrFeatureExtractor(FeatureExtractionMixin):
         clip_length: seconds per clip (2 for QVHighlights and TACoS, 1 for Charades-STA).
         use_tef: append the 2 temporal endpoint columns to the video (and audio) features.
         max_windows: moment windows kept per query (a random subset when there are more).
-        saliency_label_type: "qvhighlights", "binary" (Charades-STA, TACoS) or "tvsum".
+        saliency_label_type: "qvhighlights" (annotator scores per clip), "binary" (Charades-STA, TACoS and any
+            windows-only annotations: 1 inside the windows), "tvsum", or "mixed" (each row by its own fields:
+            "qvhighlights" where it has clip scores, "binary" where it has windows only); see `labels_lddetr.py`.
         num_saliency_pairs: positive/negative clip pairs per sample (the length of `saliency_pos_indices`);
-            None = the official number (2, 2, 1 for the three label types). Must be even for "qvhighlights" (half
-            hard, half easy pairs).
+            None = the official number (2, 2, 1, 2 for the four label types). Must be even for "qvhighlights" and
+            "mixed" (half hard, half easy pairs).
         normalize_features: L2-normalise the features row by row (the official pipeline does).
         normalization_eps: the epsilon of that normalisation, `x / (||x|| + eps)`.
     """
@@ -76,7 +79,9 @@ class LDDetrFeatureExtractor(FeatureExtractionMixin):
 
     def _check_settings(self) -> None:
         if not self.video_feature_dims or min(self.video_feature_dims) < 1:
-            raise ValueError(f"video_feature_dims must be a non-empty list of positive widths, got {self.video_feature_dims}")
+            raise ValueError(
+                f"video_feature_dims must be a non-empty list of positive widths, got {self.video_feature_dims}"
+            )
         if self.text_feature_dim < 1:
             raise ValueError(f"text_feature_dim must be positive, got {self.text_feature_dim}")
         if self.audio_feature_dim < 0:
@@ -90,11 +95,14 @@ class LDDetrFeatureExtractor(FeatureExtractionMixin):
         if self.max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {self.max_windows}")
         if self.saliency_label_type not in SALIENCY_LABEL_TYPES:
-            raise ValueError(f"saliency_label_type must be one of {SALIENCY_LABEL_TYPES}, got {self.saliency_label_type!r}")
-        pairs = self.saliency_pairs
-        if pairs < 1 or (self.saliency_label_type == "qvhighlights" and pairs % 2):
             raise ValueError(
-                f"num_saliency_pairs must be >= 1 (and even for qvhighlights: half hard, half easy pairs), got {pairs}"
+                f"saliency_label_type must be one of {SALIENCY_LABEL_TYPES}, got {self.saliency_label_type!r}"
+            )
+        pairs = self.saliency_pairs
+        if pairs < 1 or (self.saliency_label_type in EVEN_PAIR_TYPES and pairs % 2):
+            raise ValueError(
+                "num_saliency_pairs must be >= 1 (and even for qvhighlights and mixed: half hard, half easy pairs), "
+                f"got {pairs}"
             )
 
     @property
@@ -150,9 +158,15 @@ class LDDetrFeatureExtractor(FeatureExtractionMixin):
         batch_size = len(video_features)
         if batch_size == 0:
             raise ValueError("the batch is empty: no video features given")
-        for name, values in (("text_features", text_features), ("annotations", annotations), ("audio_features", audio_features)):
+        for name, values in (
+            ("text_features", text_features),
+            ("annotations", annotations),
+            ("audio_features", audio_features),
+        ):
             if values is not None and len(values) != batch_size:
-                raise ValueError(f"{len(video_features)} video_features but {len(values)} {name}: one per sample is needed")
+                raise ValueError(
+                    f"{len(video_features)} video_features but {len(values)} {name}: one per sample is needed"
+                )
         if self.audio_feature_dim and audio_features is None:
             raise ValueError(f"audio_feature_dim is {self.audio_feature_dim}: audio_features are required")
         if not self.audio_feature_dim and audio_features is not None:
@@ -195,8 +209,12 @@ class LDDetrFeatureExtractor(FeatureExtractionMixin):
         """(clips, sum(video_feature_dims)), each feature type normalised on its own."""
         width = sum(self.video_feature_dims)
         matrix = as_feature_matrix(
-            features, "video_features", index, "a video shorter than one clip",
-            width, f"sum(video_feature_dims) = {width} ({self.video_feature_dims})",
+            features,
+            "video_features",
+            index,
+            "a video shorter than one clip",
+            width,
+            f"sum(video_feature_dims) = {width} ({self.video_feature_dims})",
         )
         if not self.normalize_features:
             return matrix
@@ -205,15 +223,23 @@ class LDDetrFeatureExtractor(FeatureExtractionMixin):
 
     def _audio_matrix(self, features, index: int) -> np.ndarray:
         matrix = as_feature_matrix(
-            features, "audio_features", index, "audio shorter than one clip",
-            self.audio_feature_dim, f"audio_feature_dim = {self.audio_feature_dim}",
+            features,
+            "audio_features",
+            index,
+            "audio shorter than one clip",
+            self.audio_feature_dim,
+            f"audio_feature_dim = {self.audio_feature_dim}",
         )
         return l2_normalize_rows(matrix, self.normalization_eps) if self.normalize_features else matrix
 
     def _text_matrix(self, features, index: int) -> np.ndarray:
         matrix = as_feature_matrix(
-            features, "text_features", index, "a query with no tokens",
-            self.text_feature_dim, f"text_feature_dim = {self.text_feature_dim}",
+            features,
+            "text_features",
+            index,
+            "a query with no tokens",
+            self.text_feature_dim,
+            f"text_feature_dim = {self.text_feature_dim}",
         )
         matrix = matrix[: self.max_text_tokens]
         return l2_normalize_rows(matrix, self.normalization_eps) if self.normalize_features else matrix

@@ -7,6 +7,16 @@ hard and easy positive/negative clips), "binary" (Charades-STA, TACoS: 1 inside 
 annotator scores; hard positive/negative clips only). Each sample also gets `saliency_pairs` positive/negative clip
 pairs for the saliency loss.
 
+Which scheme a row's own fields give (`label_form`): a row with `relevant_windows`, `relevant_clip_ids` and
+`saliency_scores` (QVHighlights) gives "qvhighlights" labels; a row with `relevant_windows` only (the form of
+Charades-STA, TACoS, ActivityNet Captions, DiDeMo and most people's annotations) gives "binary" labels, derived from
+the windows as the official code does for Charades-STA and TACoS: the clips inside a window are positive (1), the
+others negative (0), and the `saliency_pairs` pairs are random clips inside and random clips outside. A dataset
+whose labelled rows are of both forms uses "mixed": each row by its own form, so that one file may mix them (both
+forms draw the same number of pairs, and the rank-contrastive saliency loss reads a binary row at its single level).
+`dataset_saliency_label_type` picks the scheme of a dataset from its rows; the builder records it in
+`lddetr_dataset.json` as `saliency_label_type`.
+
 Deliberate differences from the official code (bugs fixed):
 - a relevant clip id past the kept clips is dropped; the official code grows the label array by one element, which
   breaks the saliency loss when that sample is the longest of its batch. Hard and easy positives/negatives are chosen
@@ -35,9 +45,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SALIENCY_LABEL_TYPES = ("qvhighlights", "binary", "tvsum")
-# saliency pairs per sample in the official code: QVHighlights 1 hard + 1 easy, Charades/TACoS 2 random, TVSum 1 hard
-OFFICIAL_SALIENCY_PAIRS = {"qvhighlights": 2, "binary": 2, "tvsum": 1}
+SALIENCY_LABEL_TYPES = ("qvhighlights", "binary", "tvsum", "mixed")
+# saliency pairs per sample in the official code: QVHighlights 1 hard + 1 easy, Charades/TACoS 2 random, TVSum 1 hard;
+# "mixed" rows are of the first two kinds, which both draw 2
+OFFICIAL_SALIENCY_PAIRS = {"qvhighlights": 2, "binary": 2, "tvsum": 1, "mixed": 2}
+# schemes whose rows may be QVHighlights rows: an even number of pairs (half hard, half easy)
+EVEN_PAIR_TYPES = ("qvhighlights", "mixed")
 # TVSum: 20 annotators x (scores 1..5 shifted to 0..4) = 80, rescaled to the 0..12 range of QVHighlights
 TVSUM_SCORE_SCALE = 12 / 80
 
@@ -51,9 +64,11 @@ class LabelMaker:
     clip_length: float
     max_windows: int
 
-    def __call__(self, annotations, clips: list[int], clips_before_cut: list[int], rng: np.random.Generator) -> list[dict] | None:
+    def __call__(
+        self, annotations, clips: list[int], clips_before_cut: list[int], rng: np.random.Generator
+    ) -> list[dict] | None:
         """Per-sample label dicts, or None when no annotation carries labels (e.g. a test split)."""
-        has_labels = [self._check_annotation(annotation, index) for index, annotation in enumerate(annotations)]
+        has_labels = [self.check_annotation(annotation, index) for index, annotation in enumerate(annotations)]
         if not any(has_labels):
             return None
         if not all(has_labels):
@@ -67,7 +82,7 @@ class LabelMaker:
             for annotation, length, before_cut in zip(annotations, clips, clips_before_cut)
         ]
 
-    def _check_annotation(self, annotation: Mapping, index: int) -> bool:
+    def check_annotation(self, annotation: Mapping, index: int) -> bool:
         """Validate one annotation; return whether it carries labels of this saliency_label_type."""
         if not isinstance(annotation, Mapping):
             raise ValueError(f"sample {index}: an annotation must be a dict, got {type(annotation).__name__}")
@@ -78,11 +93,14 @@ class LabelMaker:
         if _given(windows):
             array = np.asarray(windows, dtype=np.float64)
             if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
-                raise ValueError(f"sample {index}: relevant_windows must be [[start, end], ...] in seconds, got {windows!r}")
+                raise ValueError(
+                    f"sample {index}: relevant_windows must be [[start, end], ...] in seconds, got {windows!r}"
+                )
             for start, end in array:
                 if not 0 <= start < end <= duration:
                     raise ValueError(
-                        f"sample {index}: relevant window [{start}, {end}] must satisfy 0 <= start < end <= duration ({duration})"
+                        f"sample {index}: relevant window [{start}, {end}] must satisfy "
+                        f"0 <= start < end <= duration ({duration})"
                     )
         if self.saliency_label_type == "tvsum":
             scores = _tvsum_scores(annotation)
@@ -90,16 +108,20 @@ class LabelMaker:
                 return False
             array = np.asarray(scores, dtype=np.float64)
             if array.ndim != 2 or len(array) == 0 or not np.isfinite(array).all():
-                raise ValueError(f"sample {index}: TVSum annotator scores must be a non-empty (clips, annotators) matrix")
+                raise ValueError(
+                    f"sample {index}: TVSum annotator scores must be a non-empty (clips, annotators) matrix"
+                )
             return True
         if not _given(windows):
             return False
-        if self.saliency_label_type == "qvhighlights":
-            clip_ids, scores = annotation.get("relevant_clip_ids"), annotation.get("saliency_scores")
-            if not _given(clip_ids) or scores is None:
-                raise ValueError(
-                    f"sample {index}: QVHighlights labels need relevant_clip_ids and saliency_scores besides relevant_windows"
-                )
+        clip_ids, scores = annotation.get("relevant_clip_ids"), annotation.get("saliency_scores")
+        if self.saliency_label_type == "qvhighlights" and (not _given(clip_ids) or scores is None):
+            raise ValueError(
+                f"sample {index}: QVHighlights labels need relevant_clip_ids and saliency_scores besides "
+                "relevant_windows; rows with relevant_windows only take saliency_label_type 'binary' (or 'mixed' "
+                "beside QVHighlights rows)"
+            )
+        if self.saliency_label_type in EVEN_PAIR_TYPES and label_form(annotation) == "qvhighlights":
             ids = np.asarray(clip_ids)
             if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
                 raise ValueError(f"sample {index}: relevant_clip_ids must be non-negative integers, got {clip_ids!r}")
@@ -119,13 +141,37 @@ class LabelMaker:
         else:
             windows = np.asarray(annotation["relevant_windows"], dtype=np.float64)
             spans = span_labels(windows, clips, self.clip_length, self.max_windows, rng)
-            if self.saliency_label_type == "qvhighlights":
+            if self.saliency_label_type in EVEN_PAIR_TYPES and label_form(annotation) == "qvhighlights":
                 scores, pos, neg = qvhighlights_saliency(
                     annotation["relevant_clip_ids"], annotation["saliency_scores"], clips, pairs, rng
                 )
             else:
-                scores, pos, neg = binary_saliency(windows, float(annotation["duration"]), clips_before_cut, clips, pairs, rng)
+                scores, pos, neg = binary_saliency(
+                    windows, float(annotation["duration"]), clips_before_cut, clips, pairs, rng
+                )
         return {"spans": spans, "saliency_scores": scores, "saliency_pos_indices": pos, "saliency_neg_indices": neg}
+
+
+def label_form(annotation: Mapping) -> str | None:
+    """The saliency labels a row's own fields give: "qvhighlights" (relevant_windows, relevant_clip_ids and
+    saliency_scores), "binary" (relevant_windows only) or None (no windows: an unlabelled row, e.g. a test split).
+    TVSum rows (clip scores, no windows) are None here: their scheme comes from the dataset type."""
+    if not _given(annotation.get("relevant_windows")):
+        return None
+    has_clip_scores = _given(annotation.get("relevant_clip_ids")) and annotation.get("saliency_scores") is not None
+    return "qvhighlights" if has_clip_scores else "binary"
+
+
+def dataset_saliency_label_type(default: str, forms) -> str:
+    """The scheme of a dataset from the `label_form`s of its rows: a dataset type's own scheme where it has no
+    choice (`default` "binary" or "tvsum"), else "qvhighlights" when every labelled row has clip scores, "binary" when
+    none has, "mixed" when both forms occur (and the default when no row is labelled)."""
+    if default != "qvhighlights":
+        return default
+    kinds = {form for form in forms if form is not None}
+    if len(kinds) == 2:
+        return "mixed"
+    return kinds.pop() if kinds else default
 
 
 def numpy_generator(seed: int | None, generator: np.random.Generator | torch.Generator | None) -> np.random.Generator:
@@ -140,7 +186,9 @@ def numpy_generator(seed: int | None, generator: np.random.Generator | torch.Gen
     return np.random.default_rng(int(torch.randint(2**62, (1,))))
 
 
-def span_labels(windows: np.ndarray, clips: int, clip_length: float, max_windows: int, rng: np.random.Generator) -> np.ndarray:
+def span_labels(
+    windows: np.ndarray, clips: int, clip_length: float, max_windows: int, rng: np.random.Generator
+) -> np.ndarray:
     """(n, 2) windows in seconds -> (m <= max_windows, 2) float32 (center, width), normalised by clips * clip_length."""
     extent = clips * clip_length
     start_end = np.clip(windows / extent, 0.0, 1.0)
@@ -164,7 +212,9 @@ def qvhighlights_saliency(clip_ids, annotator_scores, clips: int, pairs: int, rn
     ids, summed = ids[kept], summed[kept]
     scores = np.zeros(clips, dtype=np.float32)
     scores[ids] = summed
-    if len(ids) == 0:  # every relevant clip lies past the kept clips: no usable pair; the last clip, as clamped officially
+    if (
+        len(ids) == 0
+    ):  # every relevant clip lies past the kept clips: no usable pair; the last clip, as clamped officially
         last = np.full(pairs, clips - 1, dtype=np.int64)
         return scores, last, last.copy()
     per_kind = pairs // 2
@@ -231,4 +281,8 @@ def _given(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and bool(np.isfinite(value))
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and bool(np.isfinite(value))
+    )

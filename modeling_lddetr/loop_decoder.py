@@ -13,9 +13,10 @@ The official release returns inside its loop, so it always makes exactly one pas
 import torch
 from torch import nn
 
-from .attention import MultiheadAttention, attend, fused_linear, key_mask_bias
+from .attention import MultiheadAttention
 from .configuration_lddetr import LDDetrConfig
 from .dropout import Dropout
+from .fused_decoder import fused_decoder_applies, fused_decoder_layer, fused_memory_keys_values
 from .position_encoding import anchor_sine_embedding
 from .prelu import PReLU
 from .span_ops import inverse_sigmoid
@@ -37,6 +38,13 @@ class MLP(nn.Module):
         return x
 
 
+def concat_per_head(content: torch.Tensor, position: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, S, d) content and position -> (B, S, 2d): each head's content features, then its position features."""
+    batch, length, d = content.shape
+    parts = [x.view(batch, length, heads, d // heads) for x in (content, position)]
+    return torch.cat(parts, dim=-1).view(batch, length, 2 * d)
+
+
 class AnchorDecoderLayer(nn.Module):
     """Self-attention between queries, conditional cross-attention to the clips, FFN (post-norm).
 
@@ -47,14 +55,14 @@ class AnchorDecoderLayer(nn.Module):
 
     def __init__(self, config: LDDetrConfig, is_first: bool):
         super().__init__()
-        d, heads = config.hidden_size, config.num_attention_heads
+        d, heads, kernels = config.hidden_size, config.num_attention_heads, config.kernels
         self.is_first = is_first
         self.self_attn_query_content_proj = nn.Linear(d, d)
         self.self_attn_query_pos_proj = nn.Linear(d, d)
         self.self_attn_key_content_proj = nn.Linear(d, d)
         self.self_attn_key_pos_proj = nn.Linear(d, d)
         self.self_attn_value_proj = nn.Linear(d, d)
-        self.self_attn = MultiheadAttention(d, heads, config.attention_dropout, project_inputs=False)
+        self.self_attn = MultiheadAttention(d, heads, config.attention_dropout, project_inputs=False, kernels=kernels)
         self.norm1 = nn.LayerNorm(d)
 
         self.cross_attn_query_content_proj = nn.Linear(d, d)
@@ -63,84 +71,49 @@ class AnchorDecoderLayer(nn.Module):
         self.cross_attn_key_pos_proj = nn.Linear(d, d)
         self.cross_attn_value_proj = nn.Linear(d, d)
         self.cross_attn_query_pos_sine_proj = nn.Linear(d, d)
-        self.cross_attn = MultiheadAttention(2 * d, heads, config.attention_dropout, value_dim=d, project_inputs=False)
+        self.cross_attn = MultiheadAttention(
+            2 * d, heads, config.attention_dropout, value_dim=d, project_inputs=False, kernels=kernels
+        )
         self.norm2 = nn.LayerNorm(d)
 
         self.linear1 = nn.Linear(d, config.ffn_dim)
-        self.activation = PReLU()
+        self.activation = PReLU(inplace=True, kernels=kernels)  # linear1's output is the activation's alone
         self.linear2 = nn.Linear(config.ffn_dim, d)
         self.norm3 = nn.LayerNorm(d)
-        self.dropout = Dropout(config.activation_dropout)
-        self.dropout1 = Dropout(config.hidden_dropout)
-        self.dropout2 = Dropout(config.hidden_dropout)
-        self.dropout3 = Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.activation_dropout, kernels)
+        self.dropout1 = Dropout(config.hidden_dropout, kernels)
+        self.dropout2 = Dropout(config.hidden_dropout, kernels)
+        self.dropout3 = Dropout(config.hidden_dropout, kernels)
         self.num_heads = heads
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, S, heads * w) -> (B * heads, S, w), contiguous for bmm
-        batch, length, width = x.shape
-        x = x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
-        return x.reshape(batch * self.num_heads, length, width // self.num_heads)
-
-    def _concat_heads(self, content: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        # (B, S, d) + (B, S, d) -> (B * heads, S, 2d / heads): content and position side by side inside each head
-        batch, length, d = content.shape
-        content = content.view(batch, length, self.num_heads, d // self.num_heads).transpose(1, 2)
-        position = position.view(batch, length, self.num_heads, d // self.num_heads).transpose(1, 2)
-        # cat writes (B, heads, S, 2d / heads) contiguously: the reshape is a view
-        return torch.cat([content, position], dim=-1).view(batch * self.num_heads, length, 2 * d // self.num_heads)
-
-    def _merge_heads(self, x: torch.Tensor) -> torch.Tensor:
-        # (B * heads, S, w) -> (B, S, heads * w)
-        _, length, width = x.shape
-        return x.view(-1, self.num_heads, length, width).transpose(1, 2).flatten(2)
-
-    def _attend(
-        self, attention: MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        """`attend` on head-split inputs, then the output projection: query (B*heads, Q, w), key (B*heads, S, w),
-        value (B*heads, S, wv), bias (B*heads, 1, S) -> (B, Q, heads * wv).
-
-        Written out rather than `F.scaled_dot_product_attention`: with query/key heads wider than value heads, or
-        with dropout, torch's CPU kernel falls back to a math path that copies and rescales the keys on every call,
-        while these keys are built once per forward."""
-        out = attend(query, key, value, bias, attention.dropout, self.training)
-        return attention.out_proj(self._merge_heads(out))
 
     def forward(
         self,
         queries: torch.Tensor,
-        memory_keys: torch.Tensor,
-        memory_values: torch.Tensor,
-        memory_bias: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        memory_pos: torch.Tensor,
         query_pos: torch.Tensor,
         query_sine_embed: torch.Tensor,
     ) -> torch.Tensor:
-        """queries (B, Q, d), memory_keys (B*heads, L, 2d/heads), memory_values (B*heads, L, d/heads) and
-        memory_bias (B*heads, 1, L) from `AnchorDecoder.memory_keys_values`, query_pos (B, Q, d), query_sine_embed
-        (B, Q, d) -> (B, Q, d)."""
-        d = queries.shape[-1]
-        # the projections that read the same input run as one GEMM (weights concatenated, names unchanged)
-        content = fused_linear(queries, self.self_attn_query_content_proj, self.self_attn_key_content_proj, self.self_attn_value_proj)
-        position_projs = [self.self_attn_query_pos_proj, self.self_attn_key_pos_proj]
-        if self.is_first:
-            position_projs.append(self.cross_attn_query_pos_proj)
-        position = fused_linear(query_pos, *position_projs)
-        # split, not sliced: the backward of a split is one cat, that of each slice a zero-filled full-size gradient
-        content_qk, content_v = content.split([2 * d, d], dim=-1)
-        position = position.split([2 * d, d] if self.is_first else [2 * d], dim=-1)
-        q, k = (content_qk + position[0]).split(d, dim=-1)
-        attended = self._attend(self.self_attn, self._split_heads(q), self._split_heads(k), self._split_heads(content_v), None)
+        """queries (B, Q, d), memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d), query_pos (B, Q, d),
+        query_sine_embed (B, Q, d) -> (B, Q, d). (fused_decoder.py computes the same on keys built once.)"""
+        q = self.self_attn_query_content_proj(queries) + self.self_attn_query_pos_proj(query_pos)
+        k = self.self_attn_key_content_proj(queries) + self.self_attn_key_pos_proj(query_pos)
+        attended = self.self_attn(q, k, self.self_attn_value_proj(queries))
         queries = self.norm1(queries + self.dropout1(attended))
 
         q = self.cross_attn_query_content_proj(queries)
+        k = self.cross_attn_key_content_proj(memory)
+        k_pos = self.cross_attn_key_pos_proj(memory_pos)
         if self.is_first:
-            q = q + position[1]
-        q = self._concat_heads(q, self.cross_attn_query_pos_sine_proj(query_sine_embed))
-        attended = self._attend(self.cross_attn, q, memory_keys, memory_values, memory_bias)
+            q = q + self.cross_attn_query_pos_proj(query_pos)
+            k = k + k_pos
+        q = concat_per_head(q, self.cross_attn_query_pos_sine_proj(query_sine_embed), self.num_heads)
+        k = concat_per_head(k, k_pos, self.num_heads)
+        attended = self.cross_attn(q, k, self.cross_attn_value_proj(memory), key_mask=memory_mask)
         queries = self.norm2(queries + self.dropout2(attended))
 
-        ffn = self.linear2(self.dropout(self.activation.forward_(self.linear1(queries))))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(queries))))
         return self.norm3(queries + self.dropout3(ffn))
 
 
@@ -151,29 +124,15 @@ class AnchorDecoder(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.hidden_size = d
-        self.layers = nn.ModuleList(AnchorDecoderLayer(config, is_first=(i == 0)) for i in range(config.num_decoder_layers))
+        self.kernels = config.kernels
+        self.layers = nn.ModuleList(
+            AnchorDecoderLayer(config, is_first=(i == 0)) for i in range(config.num_decoder_layers)
+        )
         self.norm = nn.LayerNorm(d)
         self.query_scale = MLP(d, d, d, 2)
         self.anchor_position_head = MLP(d, d, d, 2)
         self.anchor_offset_head = MLP(d, d, 2, 3)  # shared by all layers
         self.anchor_width_head = MLP(d, d, 1, 2)
-
-    def memory_keys_values(
-        self, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """Every layer's cross-attention keys (B*heads, L, 2d/heads) and values (B*heads, L, d/heads) of the clips,
-        and the score bias of the clip mask (B*heads, 1, L). They depend on the memory only, so the Loop Decoder
-        computes them once per forward for all its passes; all layers' projections run as two GEMMs."""
-        layers, d = self.layers, self.hidden_size
-        content = fused_linear(memory, *(proj for layer in layers for proj in (layer.cross_attn_key_content_proj, layer.cross_attn_value_proj)))
-        positions = fused_linear(memory_pos, *(layer.cross_attn_key_pos_proj for layer in layers)).split(d, dim=-1)
-        contents = content.split(d, dim=-1)
-        keys_values = []
-        for layer, key, value, key_pos in zip(layers, contents[0::2], contents[1::2], positions):
-            if layer.is_first:
-                key = key + key_pos
-            keys_values.append((layer._concat_heads(key, key_pos), layer._split_heads(value)))
-        return keys_values, key_mask_bias(memory_mask, self.layers[0].num_heads, memory.dtype)
 
     def forward(
         self,
@@ -185,15 +144,12 @@ class AnchorDecoder(nn.Module):
         memory_keys_values: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (B, Q, d), memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d), anchors_unsigmoid
-        (B, Q, 2); memory_keys_values: `self.memory_keys_values(memory, memory_mask, memory_pos)` if already
-        computed -> hidden_states (layers, B, Q, d) normalised, reference_anchors (layers, B, Q, 2): the anchor
-        each layer got."""
-        if memory_keys_values is None:
-            memory_keys_values = self.memory_keys_values(memory, memory_mask, memory_pos)
-        keys_values, memory_bias = memory_keys_values
+        (B, Q, 2); memory_keys_values: the fused layers' keys (fused_decoder.fused_memory_keys_values), None for the
+        layers' own forward -> hidden_states (layers, B, Q, d) normalised, reference_anchors (layers, B, Q, 2): the
+        anchor each layer got."""
         anchors = anchors_unsigmoid.sigmoid()
         hidden_states, reference_anchors = [], [anchors]
-        for i, (layer, (memory_keys, memory_values)) in enumerate(zip(self.layers, keys_values)):
+        for i, layer in enumerate(self.layers):
             sine_embed = anchor_sine_embedding(anchors, self.hidden_size)  # (B, Q, d)
             query_pos = self.anchor_position_head(sine_embed)
             if i > 0:
@@ -201,7 +157,11 @@ class AnchorDecoder(nn.Module):
             # width-modulated attention: scale by predicted width / anchor width
             width_ratio = self.anchor_width_head(queries).sigmoid()[..., 0] / anchors[..., 1]
             sine_embed = sine_embed * width_ratio[..., None]
-            queries = layer(queries, memory_keys, memory_values, memory_bias, query_pos, sine_embed)
+            if memory_keys_values is None:
+                queries = layer(queries, memory, memory_mask, memory_pos, query_pos, sine_embed)
+            else:
+                keys_values, memory_bias = memory_keys_values
+                queries = fused_decoder_layer(layer, queries, *keys_values[i], memory_bias, query_pos, sine_embed)
 
             new_anchors = (self.anchor_offset_head(queries) + inverse_sigmoid(anchors)).sigmoid()
             if i < len(self.layers) - 1:
@@ -220,13 +180,17 @@ class LoopDecoder(nn.Module):
         self.num_loops = config.num_decoder_loops
         self.decoder = AnchorDecoder(config)
 
-    def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, memory: torch.Tensor, memory_mask: torch.Tensor, memory_pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """memory (B, L, d), memory_mask (B, L) bool, memory_pos (B, L, d) -> hidden_states (layers, B, Q, d),
         reference_anchors (layers, B, Q, 2), those of the last pass."""
         batch = memory.shape[0]
         queries = memory.new_zeros(batch, self.anchor_embed.num_embeddings, memory.shape[-1])  # (B, Q, d)
         anchors_unsigmoid = self.anchor_embed.weight[None].expand(batch, -1, -1)  # (B, Q, 2)
-        memory_keys_values = self.decoder.memory_keys_values(memory, memory_mask, memory_pos)  # the same for every pass
+        memory_keys_values = None
+        if fused_decoder_applies(self.decoder.kernels):  # the fused layers' clip keys, the same for every pass
+            memory_keys_values = fused_memory_keys_values(self.decoder, memory, memory_mask, memory_pos)
         for _ in range(self.num_loops):
             hidden_states, reference_anchors = self.decoder(
                 queries, memory, memory_mask, memory_pos, anchors_unsigmoid, memory_keys_values=memory_keys_values

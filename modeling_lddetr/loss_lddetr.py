@@ -30,7 +30,9 @@ class LDDetrLoss:
         self.config = config
         self.matcher = HungarianMatcher(config)
 
-    def moment_losses(self, logits: torch.Tensor, spans: torch.Tensor, target_spans: torch.Tensor, match) -> dict[str, torch.Tensor]:
+    def moment_losses(
+        self, logits: torch.Tensor, spans: torch.Tensor, target_spans: torch.Tensor, match
+    ) -> dict[str, torch.Tensor]:
         """One layer: logits, spans (B, Q, 2); match = (batch_idx, query_idx, target_idx)."""
         batch_idx, query_idx, target_idx = match
         if target_spans.shape[0] == 0:
@@ -45,10 +47,19 @@ class LDDetrLoss:
         foreground = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
         foreground[batch_idx, query_idx] = True
         one_hot = torch.stack([foreground, ~foreground], dim=-1).to(torch.float32)
-        loss_label = sigmoid_focal_loss(logits.float(), one_hot, self.config.focal_alpha, self.config.focal_gamma).mean()
+        loss_label = sigmoid_focal_loss(
+            logits.float(), one_hot, self.config.focal_alpha, self.config.focal_gamma
+        ).mean()
         return {"loss_span": loss_span, "loss_giou": loss_giou, "loss_label": loss_label}
 
-    def saliency_loss(self, scores: torch.Tensor, video_mask: torch.Tensor, labels: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor) -> torch.Tensor:
+    def saliency_loss(
+        self,
+        scores: torch.Tensor,
+        video_mask: torch.Tensor,
+        labels: torch.Tensor,
+        pos_idx: torch.Tensor,
+        neg_idx: torch.Tensor,
+    ) -> torch.Tensor:
         """scores (B, L); video_mask (B, L) bool; labels (B, L) summed annotator scores (0 outside);
         pos_idx, neg_idx (B, k) clip indices."""
         scores = scores.float()

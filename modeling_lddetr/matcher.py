@@ -22,7 +22,9 @@ class HungarianMatcher:
         self.giou_cost = config.matcher_giou_cost
 
     @torch.no_grad()
-    def __call__(self, logits: torch.Tensor, spans: torch.Tensor, target_spans: torch.Tensor, sizes: list[int]) -> list[tuple[torch.Tensor, ...]]:
+    def __call__(
+        self, logits: torch.Tensor, spans: torch.Tensor, target_spans: torch.Tensor, sizes: list[int]
+    ) -> list[tuple[torch.Tensor, ...]]:
         """logits, spans (layers, B, Q, 2); target_spans (T, 2) (center, width), the targets of sample b being
         rows sizes[:b].sum() .. sizes[:b+1].sum(). Returns per layer (batch_idx, query_idx, target_idx), each (M,)
         long on the device of `spans`, target_idx indexing `target_spans`."""
@@ -36,7 +38,9 @@ class HungarianMatcher:
         pred = spans.float().reshape(num_layers, batch * queries, 2)
         target = target_spans.float()
         cost_span = (pred[:, :, None, :] - target[None, None]).abs().sum(-1)  # (layers, B*Q, T)
-        cost_giou = -generalized_temporal_iou(span_cxw_to_xx(pred.reshape(-1, 1, 2)), span_cxw_to_xx(target)[None])  # (layers*B*Q, T)
+        cost_giou = -generalized_temporal_iou(
+            span_cxw_to_xx(pred.reshape(-1, 1, 2)), span_cxw_to_xx(target)[None]
+        )  # (layers*B*Q, T)
         cost = self.span_cost * cost_span + self.giou_cost * cost_giou.view_as(cost_span) - self.class_cost * prob
         cost = cost.view(num_layers, batch, queries, -1).cpu().numpy()
 

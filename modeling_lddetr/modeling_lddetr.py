@@ -27,7 +27,7 @@ from transformers.core_model_loading import WeightRenaming
 from transformers.utils import ModelOutput
 
 from .attention import MultiheadAttention
-from .configuration_lddetr import LDDetrConfig
+from .configuration_lddetr import KERNELS, LDDetrConfig
 from .convolutional_fuser import ConvolutionalFuser, EncoderLayer, T2VEncoderLayer, V2TExtractor
 from .distill_align import DistillAlign, MomentumEncoder
 from .loop_decoder import LoopDecoder
@@ -79,7 +79,7 @@ def _has_nan_or_inf(x: torch.Tensor) -> torch.Tensor:
 
 def _sum_is_not_finite(x: torch.Tensor) -> torch.Tensor:
     # True whenever x holds NaN or ±inf, and also when huge finite values overflow the sum (`_has_nan_or_inf`
-    # then decides); a sum takes a third of the time of aminmax on fp32 features
+    # then decides); a sum is cheaper than aminmax on fp32 features
     return ~torch.isfinite(x.sum(dtype=torch.promote_types(x.dtype, torch.float32)))
 
 
@@ -185,11 +185,13 @@ class LDDetrModel(LDDetrPreTrainedModel):
         super().__init__(config)
         d = config.hidden_size
         video_input_dim = config.video_feature_dim + config.audio_feature_dim
-        self.video_encoder = UnimodalEncoder(video_input_dim, d, config.unimodal_dropout)
-        self.text_encoder = UnimodalEncoder(config.text_feature_dim, d, config.unimodal_dropout)
+        self.video_encoder = UnimodalEncoder(video_input_dim, d, config.unimodal_dropout, config.kernels)
+        self.text_encoder = UnimodalEncoder(config.text_feature_dim, d, config.unimodal_dropout, config.kernels)
         # momentum (EMA) copies: training state of Distill Align, never optimised
-        self.momentum_video_encoder = MomentumEncoder(video_input_dim, d, config.unimodal_dropout)
-        self.momentum_text_encoder = MomentumEncoder(config.text_feature_dim, d, config.unimodal_dropout)
+        self.momentum_video_encoder = MomentumEncoder(video_input_dim, d, config.unimodal_dropout, config.kernels)
+        self.momentum_text_encoder = MomentumEncoder(
+            config.text_feature_dim, d, config.unimodal_dropout, config.kernels
+        )
         self.distill_align = DistillAlign(config)
 
         self.video_position = VideoPositionEmbedding(d)
@@ -204,6 +206,16 @@ class LDDetrModel(LDDetrPreTrainedModel):
         # the momentum encoders start as exact copies (from_pretrained then overwrites both with the saved ones)
         self.momentum_video_encoder.copy_from(self.video_encoder)
         self.momentum_text_encoder.copy_from(self.text_encoder)
+
+    def set_kernels(self, kernels: str) -> None:
+        """Switch every module between the plain PyTorch reference ("eager") and the fused kernels ("fused"); the
+        parameters stay as they are. Sets `config.kernels`, so a saved model keeps the choice."""
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(map(repr, KERNELS))}, got {kernels!r}.")
+        self.config.kernels = kernels
+        for module in self.modules():
+            if hasattr(module, "kernels"):
+                module.kernels = kernels
 
     def set_training_progress(self, epoch: float | None) -> None:
         """Training progress in epochs (e.g. 0.25 a quarter into the first epoch). The distillation coefficient
@@ -241,25 +253,33 @@ class LDDetrModel(LDDetrPreTrainedModel):
             )
         if audio_features is not None and audio_features.shape != (*video_features.shape[:2], config.audio_feature_dim):
             raise ValueError(
-                f"audio_features must be (B, L, {config.audio_feature_dim}) like the video, got {tuple(audio_features.shape)}."
+                f"audio_features must be (B, L, {config.audio_feature_dim}) like the video, "
+                f"got {tuple(audio_features.shape)}."
             )
         if not config.validate_inputs or torch.compiler.is_compiling():
             return
         # problem -> the features it screens: a non-finite sum, confirmed below (an overflowing sum of finite
         # features is no problem)
-        screened = {"video_features contain NaN or inf": video_features, "text_features contain NaN or inf": text_features}
+        screened = {
+            "video_features contain NaN or inf": video_features,
+            "text_features contain NaN or inf": text_features,
+        }
         checks = {
             **{problem: _sum_is_not_finite(features) for problem, features in screened.items()},
             "a video has no valid clip (all-masked video_attention_mask)": ~video_mask.any(1).all(),
             "a query has no valid token (all-masked text_attention_mask)": ~text_mask.any(1).all(),
-            "video_attention_mask is not a prefix mask (valid clips must come first)": (video_mask[:, 1:] > video_mask[:, :-1]).any(),
+            "video_attention_mask is not a prefix mask (valid clips must come first)": (
+                video_mask[:, 1:] > video_mask[:, :-1]
+            ).any(),
         }
         if audio_features is not None:
             screened["audio_features contain NaN or inf"] = audio_features
             checks["audio_features contain NaN or inf"] = _sum_is_not_finite(audio_features)
         failed = torch.stack(list(checks.values())).tolist()  # one host-device sync for all checks
         problems = [
-            problem for problem, bad in zip(checks, failed) if bad and (problem not in screened or _has_nan_or_inf(screened[problem]))
+            problem
+            for problem, bad in zip(checks, failed)
+            if bad and (problem not in screened or _has_nan_or_inf(screened[problem]))
         ]
         if problems:
             raise ValueError("Invalid LD-DETR inputs: " + "; ".join(problems) + ".")
@@ -343,7 +363,13 @@ class LDDetrModel(LDDetrPreTrainedModel):
         auxiliary_outputs = [{"logits": logits[i], "pred_spans": spans[i]} for i in range(logits.shape[0] - 1)]
         loss = loss_dict = None
         if labels is not None:
-            outputs = {"logits": logits, "pred_spans": spans, "saliency_scores": saliency, "loss_align": loss_align, "loss_sim": loss_sim}
+            outputs = {
+                "logits": logits,
+                "pred_spans": spans,
+                "saliency_scores": saliency,
+                "loss_align": loss_align,
+                "loss_sim": loss_sim,
+            }
             targets = self._prepare_labels(labels, video_mask.shape[1], video.device)
             loss_dict = self.loss_function_lddetr(outputs, targets, video_mask)
             weights = self.config.weight_dict

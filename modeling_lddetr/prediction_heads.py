@@ -21,7 +21,9 @@ class MomentRetrievalHead(nn.Module):
         self.span_embed2 = nn.Linear(d, d)
         self.span_embed3 = nn.Linear(d, 2)
 
-    def forward(self, hidden_states: torch.Tensor, reference_anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden_states: torch.Tensor, reference_anchors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # hidden_states (layers, B, Q, d), reference_anchors (layers, B, Q, 2) -> logits, spans (layers, B, Q, 2)
         logits = self.class_embed(hidden_states)
         offsets = self.span_embed3(self.span_embed2(self.span_embed1(hidden_states).relu()).relu())
@@ -50,7 +52,9 @@ class HighlightDetectionHead(nn.Module):
         self.clip_length = config.clip_length
         self.official_slicing = config.official_highlight_slicing
 
-    def _moment_clip_range(self, logits: torch.Tensor, spans: torch.Tensor, video_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _moment_clip_range(
+        self, logits: torch.Tensor, spans: torch.Tensor, video_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Start clip (B,) and number of clips (B,) of each sample's top-1 moment."""
         padded_length = video_mask.shape[1]
         top = logits.softmax(-1)[..., 0].argmax(-1)  # (B,)
@@ -72,7 +76,12 @@ class HighlightDetectionHead(nn.Module):
         return start, end - start + 1
 
     def forward(
-        self, logits: torch.Tensor, spans: torch.Tensor, memory: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        spans: torch.Tensor,
+        memory: torch.Tensor,
+        video: torch.Tensor,
+        video_mask: torch.Tensor,
     ) -> torch.Tensor:
         """logits, spans (B, Q, 2) of the last layer; memory, video (B, L, d); video_mask (B, L) -> saliency (B, L)."""
         batch, padded_length, d = video.shape

@@ -1,75 +1,23 @@
-"""PReLU with a fast CPU backward.
-
-torch's CPU `_prelu_kernel_backward` is one slow scalar loop (12 ms on a [32, 75, 1024] tensor at 2 threads); here the
-backward is two vectorised passes: grad_x from `leaky_relu_backward` (same sub-gradient as PReLU: w * g at x = 0)
-and grad_w as one dot product of g with min(x, 0). Same parameter (`weight`) and class hierarchy as `nn.PReLU`, so
-checkpoints and `isinstance(module, nn.PReLU)` initialisation are unchanged.
-"""
+"""PReLU: `nn.PReLU`, with the fused kernels of fused_prelu.py where they apply."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def lower_precision_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype an op on autocast's lower-precision list (prelu, conv1d, addmm) runs and differentiates in."""
-    device_type = x.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-
-
-class _PReLUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        dtype = lower_precision_dtype(x)
-        x_c, weight_c = x.to(dtype), weight.to(dtype)
-        ctx.save_for_backward(x_c, weight_c)
-        ctx.input_dtypes = x.dtype, weight.dtype
-        with torch.autocast(x.device.type, enabled=False):
-            return F.prelu(x_c, weight_c)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        x_dtype, weight_dtype = ctx.input_dtypes
-        grad = grad.to(x.dtype)
-        negative_part = x.clamp(max=0)
-        if weight.numel() == 1:
-            if torch.compiler.is_compiling():  # weight.item() would break the graph; the compiler fuses this
-                grad_x = torch.where(x > 0, grad, grad * weight)
-            else:
-                grad_x = torch.ops.aten.leaky_relu_backward(grad, x, weight.item(), False)
-            if x.dtype in (torch.float32, torch.float64):
-                grad_weight = torch.dot(grad.reshape(-1), negative_part.reshape(-1)).reshape(weight.shape)
-            else:  # torch.dot has no vectorised bf16/fp16 CPU kernel; sum() accumulates in fp32
-                grad_weight = (grad * negative_part).sum().reshape(weight.shape)
-        else:
-            # one weight per channel, dim 1 (as nn.PReLU)
-            weight_shape = (1, -1) + (1,) * (x.dim() - 2)
-            grad_x = torch.where(x > 0, grad, grad * weight.view(weight_shape))
-            grad_weight = (grad * negative_part).sum([d for d in range(x.dim()) if d != 1])
-        return grad_x.to(x_dtype), grad_weight.to(weight_dtype)
+from .fused_prelu import fused_prelu, fused_prelu_applies, in_place_prelu, in_place_prelu_applies
 
 
 class PReLU(nn.PReLU):
-    """`nn.PReLU` whose CPU backward is vectorised; other devices use torch's kernel."""
+    """`nn.PReLU` (same parameter, and an `nn.PReLU` for the initialisation). `inplace=True`, as `nn.ReLU`'s, lets
+    the fused kernels write the output into the input when autograd is off."""
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, inplace: bool = False, kernels: str = "fused"):
+        super().__init__(num_parameters, init)
+        self.inplace = inplace
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return super().forward(x)
-        return _PReLUFunction.apply(x, self.weight)
-
-    def forward_(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` written into x when autograd is off, for a caller that holds the only reference to x: one
-        (rows, ffn_dim) buffer fewer per feed-forward block at inference, whose fresh pages cost more than the
-        arithmetic on the CPU. The same values: leaky_relu with the weight rounded to x's dtype is PReLU's
-        max(0, x) + w min(0, x)."""
-        in_place = (
-            not torch.is_grad_enabled()
-            and self.weight.numel() == 1
-            and x.device.type == "cpu"
-            and lower_precision_dtype(x) == x.dtype  # autocast would give another dtype
-            and not torch.compiler.is_compiling()  # .item() would break the graph; the compiler fuses anyway
-        )
-        if not in_place:
-            return self(x)
-        return F.leaky_relu_(x, self.weight.to(x.dtype).item())
+        if self.inplace and in_place_prelu_applies(self.kernels, x, self.weight):
+            return in_place_prelu(x, self.weight)
+        if fused_prelu_applies(self.kernels, x):
+            return fused_prelu(x, self.weight)
+        return super().forward(x)

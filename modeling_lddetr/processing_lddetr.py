@@ -48,8 +48,11 @@ class LDDetrProcessor(ProcessorMixin):
     @classmethod
     def from_dataset_info(cls, info: Mapping, **overrides) -> "LDDetrProcessor":
         """The processor for a dataset built by `lddetr-build-dataset`, from its `lddetr_dataset.json` contents;
-        `overrides` set other feature extractor arguments (e.g. `num_saliency_pairs`)."""
-        labels = dataset_type(info.get("dataset_type")).saliency_label_type
+        `overrides` set other feature extractor arguments (e.g. `num_saliency_pairs`). The saliency labels are the
+        scheme the builder recorded from the rows (`saliency_label_type`: "binary" for windows-only rows, "mixed"
+        for both forms), else, in folders built before it was recorded, the dataset type's."""
+        registered = dataset_type(info.get("dataset_type"))
+        labels = info.get("saliency_label_type") or registered.saliency_label_type
         missing = [k for k in ("video_feature_dims", "text_feature_dim", "clip_length") if k not in info]
         if missing:
             raise ValueError(f"dataset info lacks {missing}")
@@ -106,7 +109,9 @@ class LDDetrProcessor(ProcessorMixin):
         saliency = _output(outputs, "saliency_scores").detach().float().cpu()  # (B, L)
         mask = torch.as_tensor(video_attention_mask).cpu().bool()
         if mask.shape != saliency.shape:
-            raise ValueError(f"video_attention_mask has shape {tuple(mask.shape)}, saliency_scores {tuple(saliency.shape)}")
+            raise ValueError(
+                f"video_attention_mask has shape {tuple(mask.shape)}, saliency_scores {tuple(saliency.shape)}"
+            )
         return [scores[valid].tolist() for scores, valid in zip(saliency, mask)]
 
     def post_process(

@@ -1,84 +1,29 @@
 """Unimodal encoders: project clip or token features to the hidden size (paper §3.1, "two-layer MLP")."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .dropout import Dropout, dropout_mask, times_mask
-
-
-class _NormDropoutLinear(torch.autograd.Function):
-    """linear(dropout(layer_norm(x))) for an x that needs no gradient, with the dropout's 0/1 mask and scale given.
-
-    With xhat the normalised x, M the mask times the scale s = 1 / (1 - p) and G the output gradient, the gradients
-    the step needs are those of the Linear and of the LayerNorm's affine:
-        dW = Gᵀ(M∘(xhat γ + β)) = (Gᵀ(M∘xhat)) γ + (GᵀM) β,  dγ = Σₖ W∘Gᵀ(M∘xhat),  dβ = Σₖ W∘(GᵀM)
-    (γ, β scale columns). Two (H, R) @ (R, D) products then replace the (R, D)-sized input gradient G W, the
-    dropout backward and the LayerNorm backward, every one of them a pass over the wide (R, D) input
-    (R = B·L rows, D = 2818 for the clip features). The scale rides on γ and β, so the mask stays 0/1.
-    fp32 only: in bf16 the two products come back rounded, and their sum in dW can cancel (4x the plain path's
-    error was seen with γ and β of mixed signs); CPU matmul has no bf16-in, fp32-out form.
-    """
-
-    @staticmethod
-    def forward(ctx, x, norm_weight, norm_bias, eps, mask, scale, weight, bias):
-        # x, mask (R, D); norm_weight, norm_bias (D,); weight (H, D); bias (H,)
-        masked_xhat = F.layer_norm(x, x.shape[-1:], eps=eps).mul_(mask)  # M∘xhat / s, (R, D)
-        scaled_weight, scaled_bias = norm_weight * scale, norm_bias * scale
-        dropped = torch.mul(mask, scaled_bias).addcmul_(masked_xhat, scaled_weight)  # M∘(xhat γ + β)
-        ctx.save_for_backward(masked_xhat, mask, scaled_weight, scaled_bias, weight)
-        ctx.scale = scale
-        return F.linear(dropped, weight, bias)  # (R, H)
-
-    @staticmethod
-    def backward(ctx, grad):
-        masked_xhat, mask, scaled_weight, scaled_bias, weight = ctx.saved_tensors
-        grad_xhat_part = grad.T @ masked_xhat  # Gᵀ(M∘xhat) / s, (H, D)
-        grad_mask_part = grad.T @ mask  # GᵀM / s, (H, D)
-        grad_weight = torch.mul(grad_mask_part, scaled_bias).addcmul_(grad_xhat_part, scaled_weight)
-        grad_norm_weight = torch.linalg.vecdot(weight, grad_xhat_part, dim=0).mul_(ctx.scale)  # (D,)
-        grad_norm_bias = torch.linalg.vecdot(weight, grad_mask_part, dim=0).mul_(ctx.scale)
-        return None, grad_norm_weight, grad_norm_bias, None, None, None, grad_weight, grad.sum(0)
+from .dropout import Dropout
+from .fused_input_layer import fused_input_layer, fused_input_layer_applies
 
 
 class UnimodalEncoder(nn.Module):
     """LayerNorm -> Dropout -> Linear -> ReLU -> LayerNorm -> Dropout -> Linear, as the official encoder."""
 
-    def __init__(self, input_dim: int, hidden_size: int, dropout: float):
+    def __init__(self, input_dim: int, hidden_size: int, dropout: float, kernels: str = "fused"):
         super().__init__()
+        self.kernels = kernels
         self.norm1 = nn.LayerNorm(input_dim)
-        self.dropout1 = Dropout(dropout)
+        self.dropout1 = Dropout(dropout, kernels)
         self.linear1 = nn.Linear(input_dim, hidden_size)
         self.norm2 = nn.LayerNorm(hidden_size)
-        self.dropout2 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout, kernels)
         self.linear2 = nn.Linear(hidden_size, hidden_size)
-
-    def _drops_on_the_cpu_in_fp32(self, features: torch.Tensor) -> bool:
-        # the cases where this module draws the input mask itself: fp32 CPU training with dropout, eager
-        p = self.dropout1.p
-        return (
-            self.training
-            and 0.0 < p < 1.0
-            and features.device.type == "cpu"
-            and features.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
-        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # (B, S, input_dim) -> (B, S, hidden_size)
-        if self._drops_on_the_cpu_in_fp32(features) and not (torch.is_grad_enabled() and features.requires_grad):
-            # the same mask as self.dropout1 draws (one seed from torch's generator), 0/1 in the features' dtype
-            mask, scale = dropout_mask(features, self.dropout1.p), 1.0 / (1.0 - self.dropout1.p)
-            if torch.is_grad_enabled():
-                rows = features.reshape(-1, features.shape[-1])
-                x = _NormDropoutLinear.apply(
-                    rows, self.norm1.weight, self.norm1.bias, self.norm1.eps, mask.view(rows.shape), scale,
-                    self.linear1.weight, self.linear1.bias,
-                ).view(*features.shape[:-1], -1)
-            else:  # the momentum encoders: the dropout in place on the LayerNorm's output, which nothing else holds
-                normed = self.norm1(features)
-                x = self.linear1(times_mask(normed, mask, scale, out=normed))
+        if fused_input_layer_applies(self.kernels, self.training, self.dropout1.p, features):
+            x = fused_input_layer(features, self.norm1, self.dropout1.p, self.linear1)
         else:
             x = self.linear1(self.dropout1(self.norm1(features)))
         return self.linear2(self.dropout2(self.norm2(x.relu())))

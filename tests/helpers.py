@@ -1,16 +1,22 @@
 """Small configs, random inputs, generated videos and a tiny CLIP shared by the tests."""
 
+import contextlib
+import copy
 import json
 from fractions import Fraction
 from pathlib import Path
+from unittest import mock
 
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from modeling_lddetr import LDDetrConfig
+from modeling_lddetr import LDDetrConfig, fused_dropout
 
-NO_DROPOUT = dict(unimodal_dropout=0.0, context_query_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, hidden_dropout=0.0)
+NO_DROPOUT = dict(
+    unimodal_dropout=0.0, context_query_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, hidden_dropout=0.0
+)
 
 
 # the sizes of a model small enough for tests; tiny_config adds tiny feature dims
@@ -52,22 +58,95 @@ def random_batch(config: LDDetrConfig, video_lengths, text_lengths, seed: int = 
                 "saliency_neg_indices": torch.tensor([0, lv - 1]),
             }
         )
-    inputs = dict(video_features=video, video_attention_mask=video_mask, text_features=text, text_attention_mask=text_mask)
+    inputs = dict(
+        video_features=video, video_attention_mask=video_mask, text_features=text, text_attention_mask=text_mask
+    )
     return inputs, labels
 
 
 # parameters that earlier versions of this package (and the official code) named with abbreviations: new -> old.
 # Written from the old module structure, independently of modeling_lddetr.RENAMED_KEYS.
 OLD_PARAMETER_NAMES = {
-    "self_attn_query_content_proj": "sa_qcontent_proj", "self_attn_query_pos_proj": "sa_qpos_proj",
-    "self_attn_key_content_proj": "sa_kcontent_proj", "self_attn_key_pos_proj": "sa_kpos_proj",
-    "self_attn_value_proj": "sa_v_proj", "cross_attn_query_content_proj": "ca_qcontent_proj",
-    "cross_attn_query_pos_proj": "ca_qpos_proj", "cross_attn_key_content_proj": "ca_kcontent_proj",
-    "cross_attn_key_pos_proj": "ca_kpos_proj", "cross_attn_value_proj": "ca_v_proj",
-    "cross_attn_query_pos_sine_proj": "ca_qpos_sine_proj", "anchor_position_head": "ref_point_head",
-    "anchor_width_head": "ref_anchor_head", "anchor_offset_head": "bbox_embed", "clip_score_weight": "w4C",
-    "token_score_weight": "w4Q", "clip_token_score_weight": "w4mlu", "predictor": "h", "temperature": "temp",
+    "self_attn_query_content_proj": "sa_qcontent_proj",
+    "self_attn_query_pos_proj": "sa_qpos_proj",
+    "self_attn_key_content_proj": "sa_kcontent_proj",
+    "self_attn_key_pos_proj": "sa_kpos_proj",
+    "self_attn_value_proj": "sa_v_proj",
+    "cross_attn_query_content_proj": "ca_qcontent_proj",
+    "cross_attn_query_pos_proj": "ca_qpos_proj",
+    "cross_attn_key_content_proj": "ca_kcontent_proj",
+    "cross_attn_key_pos_proj": "ca_kpos_proj",
+    "cross_attn_value_proj": "ca_v_proj",
+    "cross_attn_query_pos_sine_proj": "ca_qpos_sine_proj",
+    "anchor_position_head": "ref_point_head",
+    "anchor_width_head": "ref_anchor_head",
+    "anchor_offset_head": "bbox_embed",
+    "clip_score_weight": "w4C",
+    "token_score_weight": "w4Q",
+    "clip_token_score_weight": "w4mlu",
+    "predictor": "h",
+    "temperature": "temp",
 }
+
+
+def with_kernels(module: torch.nn.Module, kernels: str) -> torch.nn.Module:
+    """A copy of module (the same parameters and buffers) whose every part runs `kernels` ("eager" or "fused")."""
+    twin = copy.deepcopy(module)
+    for part in twin.modules():
+        if hasattr(part, "kernels"):
+            part.kernels = kernels
+    return twin
+
+
+def _same_layout(recorded: torch.Size, requested: torch.Size) -> bool:
+    # the fused attention drops its weights as (B * heads, Lq, Lk), the attention formula as (B, heads, Lq, Lk)
+    return recorded == requested or (len(requested) == 4 and recorded == (requested[0] * requested[1], *requested[2:]))
+
+
+@contextlib.contextmanager
+def recorded_dropout_masks():
+    """Record, in call order, every mask the fused dropout draws (`fused_dropout.keep_mask`: the Dropout modules,
+    the fused attention's weights, the fused input layer) as (bool mask, p); torch's own dropout must not draw one
+    meanwhile."""
+    masks, draw, torch_dropout = [], fused_dropout.keep_mask, F.dropout
+
+    def recording(shape, p):
+        mask = draw(shape, p)
+        masks.append((mask, p))
+        return mask
+
+    def no_torch_mask(x, p=0.5, training=True, inplace=False):
+        assert not (training and 0.0 < p < 1.0), f"torch's dropout drew a mask of shape {tuple(x.shape)}"
+        return torch_dropout(x, p, training, inplace)
+
+    with mock.patch.object(fused_dropout, "keep_mask", recording), mock.patch.object(F, "dropout", no_torch_mask):
+        yield masks
+
+
+@contextlib.contextmanager
+def replayed_dropout_masks(masks):
+    """torch's dropout (`F.dropout`: nn.Dropout, the attention formula) given the recorded masks one by one in call
+    order, each checked against the rate and the shape it is asked for; every mask must be used, and the fused
+    dropout must not draw meanwhile."""
+    pending, torch_dropout = list(masks), F.dropout
+
+    def replaying(x, p=0.5, training=True, inplace=False):
+        if not (training and 0.0 < p < 1.0):
+            return torch_dropout(x, p, training, inplace)
+        assert pending, f"a dropout of shape {tuple(x.shape)} beyond the {len(masks)} recorded masks"
+        mask, recorded_p = pending.pop(0)
+        assert recorded_p == p and _same_layout(mask.shape, x.shape), (
+            f"mask {len(masks) - len(pending)}: recorded p={recorded_p} {tuple(mask.shape)}, "
+            f"asked p={p} {tuple(x.shape)}"
+        )
+        return x * mask.view(x.shape).to(x.dtype) * (1.0 / (1.0 - p))
+
+    def no_fused_mask(shape, p):
+        raise AssertionError(f"the fused dropout drew a mask of shape {tuple(shape)}")
+
+    with mock.patch.object(F, "dropout", replaying), mock.patch.object(fused_dropout, "keep_mask", no_fused_mask):
+        yield
+    assert not pending, f"{len(pending)} of the {len(masks)} recorded masks were not asked for"
 
 
 def compile_counting_graphs(fn):

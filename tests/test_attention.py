@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_lddetr import attention
-from modeling_lddetr.attention import MultiheadAttention, attention_with_dropout
+from modeling_lddetr import fused_attention
+from modeling_lddetr.attention import MultiheadAttention
+from modeling_lddetr.fused_attention import attention_with_dropout
+from tests.helpers import with_kernels
 
 B, LQ, LK, HEADS = 4, 9, 13, 4
 
@@ -52,7 +54,9 @@ def test_attention_dropout_drops_weights_and_keeps_their_expected_value():
 def test_training_on_cpu_uses_the_explicit_path_with_the_layers_dropout(monkeypatch):
     layer = MultiheadAttention(32, HEADS, dropout=0.1).train()
     calls = []
-    monkeypatch.setattr("modeling_lddetr.attention.attention_with_dropout", lambda *args: calls.append(args[-1]) or args[2])
+    monkeypatch.setattr(
+        "modeling_lddetr.fused_attention.attention_with_dropout", lambda *args: calls.append(args[-1]) or args[2]
+    )
     x = torch.randn(B, LK, 32)
     layer(x, x, x)
     assert calls == [0.1]
@@ -68,8 +72,10 @@ def _separately_projected(layer: MultiheadAttention, query, key, value, key_mask
 @pytest.mark.parametrize("shared", ["query is key", "key is value"])
 def test_fused_projections_give_the_outputs_and_gradients_of_separate_ones(shared, monkeypatch):
     fused_calls = []
-    fused_linear = attention.fused_linear
-    monkeypatch.setattr(attention, "fused_linear", lambda *args: fused_calls.append(args[1:]) or fused_linear(*args))
+    fused_linear = fused_attention.fused_linear
+    monkeypatch.setattr(
+        fused_attention, "fused_linear", lambda *args: fused_calls.append(args[1:]) or fused_linear(*args)
+    )
     torch.manual_seed(2)
     layer = MultiheadAttention(32, HEADS, dropout=0.0).train()
     if shared == "query is key":
@@ -95,6 +101,11 @@ def test_fused_projections_give_the_outputs_and_gradients_of_separate_ones(share
     assert fused_calls == [shared_projections]  # one fused GEMM in the first run, none in the second
     for a, b in zip(fused, separate, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    layer = with_kernels(layer, "eager")  # the attention formula on three nn.Linear projections
+    eager = outputs_and_gradients(lambda: layer(*arguments, key_mask=key_mask))
+    assert len(fused_calls) == 1
+    for a, b in zip(fused, eager, strict=True):  # another formula (softmax of the explicit scores): fp32 rounding
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     assert [name for name, _ in layer.named_parameters()] == [
         f"{proj}.{kind}" for proj in ("q_proj", "k_proj", "v_proj", "out_proj") for kind in ("weight", "bias")
     ]

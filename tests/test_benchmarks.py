@@ -45,14 +45,22 @@ def test_the_allocator_is_read_from_the_loaded_libraries():
         "7f20-7f30 rw-p 00000000 00:00 0 \n"
     )
     assert memory_allocator(glibc_only) == "the C library's malloc"
-    preloaded = glibc_only + "7f40-7f50 r-xp 00000000 08:01 977 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n"
+    preloaded = (
+        glibc_only + "7f40-7f50 r-xp 00000000 08:01 977 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n"
+    )
     assert memory_allocator(preloaded) == "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10"
     # a folder named after an allocator is not the allocator
-    assert memory_allocator(glibc_only + "7f60-7f70 r--p 00000000 08:01 5 /opt/jemalloc-notes/libfoo.so\n") == "the C library's malloc"
+    assert (
+        memory_allocator(glibc_only + "7f60-7f70 r--p 00000000 08:01 5 /opt/jemalloc-notes/libfoo.so\n")
+        == "the C library's malloc"
+    )
 
 
 def test_bench_model_prints_both_tables():
-    result = run_bench("--batch-size", "2", "--queue-length", "64", "--rounds", "1", "--loops", "1", "--precisions", "fp32,bf16", "--threads", "1")
+    result = run_bench(
+        "--batch-size", "2", "--queue-length", "64", "--rounds", "1", "--loops", "1", "--precisions", "fp32,bf16",
+        "--threads", "1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "memory allocator: " in result.stdout, result.stdout

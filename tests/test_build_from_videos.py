@@ -15,8 +15,8 @@ import pytest
 from helpers import TINY_CLIP_PROJECTION_DIM, TINY_CLIP_TEXT_DIM, constant_rate, write_video
 
 from hub_datasets import load_lddetr_dataset
-from hub_datasets.build import main as build_main
-from hub_datasets.from_videos import KILL_AFTER_SHARDS_ENV, SETTINGS_FILE
+from hub_datasets.cli import main as build_main
+from hub_datasets.work_folder import SETTINGS_FILE
 from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE, ClipFeatureModels
 from processing.video.clip_encoders import ClipTextEncoder
 from processing.video.featurizer import VideoFeaturizer
@@ -169,16 +169,26 @@ def test_train_on_the_built_dataset_then_predict_on_a_video(built, sources, tmp_
     output, _ = built
     _, videos, _ = sources
     model = tmp_path / "model"
-    result = run([console_script("lddetr-train"), "--dataset", str(output), "--preset", "demo", "--output_dir", str(model),
-                  "--max_steps", "2", "--per_device_train_batch_size", "2", "--eval_strategy", "no", "--save_strategy", "no",
-                  "--load_best_model_at_end", "false", "--disable_tqdm", "true"])
+    result = run(
+        [
+            console_script("lddetr-train"),
+            "--dataset", str(output), "--preset", "demo", "--output_dir", str(model), "--max_steps", "2",
+            "--per_device_train_batch_size", "2", "--eval_strategy", "no", "--save_strategy", "no",
+            "--load_best_model_at_end", "false", "--disable_tqdm", "true",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     # the dataset's CLIP models travel with the model: lddetr-predict needs no --clip-model
     assert (model / CLIP_FEATURE_MODELS_FILE).read_text() == (output / CLIP_FEATURE_MODELS_FILE).read_text()
 
     prediction = tmp_path / "moments.json"
-    result = run([console_script("lddetr-predict"), "--model", str(model), "--video", str(videos / "walk_25fps.mp4"),
-                  "--query", "a man walks", "--output", str(prediction), "--device", "cpu", "--no-cache"])
+    result = run(
+        [
+            console_script("lddetr-predict"),
+            "--model", str(model), "--video", str(videos / "walk_25fps.mp4"), "--query", "a man walks", "--output",
+            str(prediction), "--device", "cpu", "--no-cache",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     (answer,) = json.loads(prediction.read_text())["results"]
     assert len(answer["saliency"]) == 5 and answer["duration"] == pytest.approx(9.0, abs=0.05)
@@ -195,11 +205,38 @@ def free_port() -> int:
 def test_two_processes_build_the_same_dataset_as_one(built, sources, tiny_clip_dir, tmp_path):
     output = tmp_path / "two-processes"
     command = build_command(sources, tiny_clip_dir, output, "--decode-workers", "0")
-    result = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                  "--no-python", *command])
+    result = run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            "--no-python", *command,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert_same_dataset(output, built[0])
-    assert (tmp_path / "two-processes.failures.jsonl").read_text() == (built[0].parent / "my-dataset.failures.jsonl").read_text()
+    assert (tmp_path / "two-processes.failures.jsonl").read_text() == (
+        built[0].parent / "my-dataset.failures.jsonl"
+    ).read_text()
+
+
+# lddetr-build-dataset as the console script runs it, but SIGKILLed right after its second work shard is written,
+# as a crash or a pre-empted job would be
+KILLED_AFTER_TWO_SHARDS = """
+import os, signal, sys
+from hub_datasets import work_folder
+from hub_datasets.cli import main
+
+write_shard, written = work_folder.WorkFolder.write_shard, []
+
+def write_then_die(self, *args, **kwargs):
+    path = write_shard(self, *args, **kwargs)
+    written.append(path)
+    if len(written) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+
+work_folder.WorkFolder.write_shard = write_then_die
+main(sys.argv[1:])
+"""
 
 
 @pytest.mark.slow
@@ -207,8 +244,10 @@ def test_a_killed_build_resumes_without_recomputing_finished_videos(built, sourc
     output = tmp_path / "resumed"
     # encoding steps of 2 frames: every video is encoded, and lands in its shard, as soon as it is decoded
     command = build_command(sources, tiny_clip_dir, output, "--decode-workers", "0", "--batch-size", "2")
-    killed = run(command, **{KILL_AFTER_SHARDS_ENV: "2"})
-    assert killed.returncode == -9  # SIGKILL after two work shards: nothing could clean up
+    killing_build = tmp_path / "killed_after_two_shards.py"
+    killing_build.write_text(KILLED_AFTER_TWO_SHARDS)
+    killed = run([sys.executable, str(killing_build), *command[1:]])
+    assert killed.returncode == -9, killed.stderr[-4000:]  # SIGKILL after two work shards: nothing could clean up
     work = tmp_path / ".resumed.work"
     shards = sorted((work / "videos").glob("*.npz"))
     assert len(shards) == 2 and not output.exists()
@@ -244,7 +283,10 @@ def test_a_work_folder_of_other_settings_is_refused(sources, tiny_clip_dir, tmp_
     "arguments, message",
     [
         (["custom", "--annotations", "a.jsonl", "--output-dir", "x"], "--videos-dir"),
-        (["qvhighlights", "--annotations-dir", "a", "--features-dir", "f", "--videos-dir", "v", "--output-dir", "x"], "either"),
+        (
+            ["qvhighlights", "--annotations-dir", "a", "--features-dir", "f", "--videos-dir", "v", "--output-dir", "x"],
+            "either",
+        ),
     ],
 )
 def test_bad_command_lines_name_the_problem(arguments, message, capsys):

@@ -105,7 +105,7 @@ def test_train_succeeds(tmp_path):
     assert (tmp_path / "run" / "config.json").is_file()
 
 
-def test_predict_succeeds_with_the_results_on_stdout_only(model_dir, tmp_path):
+def test_predict_succeeds_with_the_results_on_stdout_only(model_dir, tmp_path):  # noqa: F811
     video = write_video(tmp_path / "ball.mp4", constant_rate(4.6, 10), red_from_8_to_12_s, size=32, fps=10)
     result = run("lddetr-predict", "--model", model_dir, "--video", video, "--query", "a red ball", "--device", "cpu")
     assert_succeeded(result)
@@ -154,7 +154,7 @@ def test_the_allowlist_is_what_official_checkpoints_need(official_fixture_dir):
 # ----------------------------------------------------------------------------------------------------- errors
 
 
-def test_bad_input_is_one_line_without_a_traceback(model_dir, tmp_path):
+def test_bad_input_is_one_line_without_a_traceback(model_dir, tmp_path):  # noqa: F811
     missing = tmp_path / "missing"
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n" * 20)
@@ -178,7 +178,7 @@ def test_bad_input_is_one_line_without_a_traceback(model_dir, tmp_path):
     assert not out.exists()
 
 
-def test_predict_names_a_bad_video_model_or_query(model_dir, tmp_path):
+def test_predict_names_a_bad_video_model_or_query(model_dir, tmp_path):  # noqa: F811
     whole = write_video(tmp_path / "whole.mp4", constant_rate(4.6, 10), red_from_8_to_12_s, size=32, fps=10)
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])

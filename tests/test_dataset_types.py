@@ -15,13 +15,22 @@ def test_every_registered_type_has_a_file_layout_a_preset_and_a_label_scheme():
         assert registered.name == name == SPECS[name].dataset_type
         assert registered.preset in PRESETS and preset_for_dataset(name) == registered.preset
         assert registered.saliency_label_type in SALIENCY_LABEL_TYPES
-        assert (SPECS[name].clip_length, SPECS[name].max_video_clips) == (registered.clip_length, registered.max_video_clips)
+        assert (SPECS[name].clip_length, SPECS[name].max_video_clips) == (
+            registered.clip_length,
+            registered.max_video_clips,
+        )
 
 
 def test_each_type_is_scored_by_its_metric():
     record = {"qid": 1, "pred_relevant_windows": [[0.0, 4.0, 0.9]], "pred_saliency_scores": [0.1, 0.9, 0.3]}
-    truth = {"qid": 1, "duration": 6, "relevant_windows": [[0.0, 4.0]], "relevant_clip_ids": [0, 1],
-             "saliency_scores": [[4, 4, 4], [2, 2, 2]], "label": [[1, 2], [3, 4], [5, 1]]}
+    truth = {
+        "qid": 1,
+        "duration": 6,
+        "relevant_windows": [[0.0, 4.0]],
+        "relevant_clip_ids": [0, 1],
+        "saliency_scores": [[4, 4, 4], [2, 2, 2]],
+        "label": [[1, 2], [3, 4], [5, 1]],
+    }
     briefs = {name: compute_metrics([record], [truth], name)["brief"] for name in DATASET_TYPES}
     assert "HL-min-VeryGood-mAP" in briefs["qvhighlights"] and "MR-full-mAP" in briefs["qvhighlights"]
     assert briefs["charades-sta"] == briefs["tacos"] and briefs["tacos"]["MR-full-R1@0.7"] == 100.0

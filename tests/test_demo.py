@@ -17,8 +17,10 @@ import yaml
 from helpers import constant_rate, write_video
 from packaging.requirements import Requirement
 
-from processing.demo.app import MomentSearch, build_demo, launch, load_pipeline, moment_label, parse_queries
 from tests.test_video_pipeline import model_dir, red_from_8_to_12_s  # noqa: F401
+from video_search import VideoLibrary
+from web_demo.app import MomentSearch, build_demo, launch, load_pipeline, moment_label, parse_queries
+from web_demo.library_tab import result_label
 
 BROWSER_FLAGS = [
     "--headless",
@@ -47,7 +49,7 @@ def h264_video(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo_pipe(model_dir, tmp_path_factory):
+def demo_pipe(model_dir, tmp_path_factory):  # noqa: F811
     return load_pipeline(model_dir, device="cpu", cache_dir=tmp_path_factory.mktemp("feature-cache"))
 
 
@@ -119,6 +121,74 @@ def test_a_moment_button_seeks_the_player_to_the_moment(served_demo, browser, de
     assert len(decodes) == 1
 
 
+@pytest.fixture(scope="module")
+def demo_library(model_dir, tmp_path_factory):  # noqa: F811
+    """Three H.264 videos, grey and then one colour from second 4 on, indexed with the tiny model."""
+    from video_search.indexing import index_videos
+
+    videos = tmp_path_factory.mktemp("library-videos")
+    for name, seconds, colour in (("red", 10, (220, 30, 30)), ("green", 12, (30, 200, 40)), ("blue", 8, (30, 40, 220))):
+        frames = constant_rate(seconds, 10)
+        write_video(
+            videos / f"{name}.mp4",
+            frames,
+            lambda i, t, c=colour: c if t >= 4 else (128, 128, 128),
+            codec="libx264",
+            fps=10,
+        )
+    folder = tmp_path_factory.mktemp("library") / "lib"
+    index_videos(videos, model_dir, folder, decode_workers=0, progress=False)
+    return VideoLibrary(folder)
+
+
+@pytest.fixture(scope="module")
+def served_library_demo(demo_pipe, demo_library):
+    demo = build_demo(demo_pipe, library=demo_library)
+    port = free_port()
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_the_library_tab_plays_a_moment_in_its_video(served_library_demo, browser, demo_library):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(served_library_demo)
+    tab_button = (By.XPATH, "//button[@role='tab'][contains(., 'Search the library')]")
+    tab = wait.until(ready.element_to_be_clickable(tab_button))
+    tab.click()
+    query = wait.until(
+        ready.visibility_of_element_located((By.CSS_SELECTOR, "#library-query textarea, #library-query input"))
+    )
+    query.send_keys("a red ball")
+    browser.find_element(By.CSS_SELECTOR, "#library-search").click()
+    buttons = wait.until(ready.visibility_of_all_elements_located((By.CSS_SELECTOR, "button.library-moment")))
+
+    expected = demo_library.search("a red ball", top_k=10)
+    assert [button.text for button in buttons] == [result_label(rank, r) for rank, r in enumerate(expected, 1)]
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".library-thumbnail img")) == len(expected)
+    # the latest-starting moment, so that the seek moves the player away from 0
+    index = max(range(len(expected)), key=lambda i: expected[i].start)
+    moment = expected[index]
+    assert moment.start > 0
+    buttons[index].click()
+
+    def playing_the_moment(_):
+        return (
+            browser.execute_script(
+                "const v = document.querySelector('#library-player video');"
+                "return v && decodeURIComponent(v.currentSrc).endsWith(arguments[0]) ? v.currentTime : -1;",
+                f"{moment.vid}.mp4",
+            )
+            >= moment.start - 0.05
+        )
+
+    wait.until(playing_the_moment)
+
+
 # ------------------------------------------------------------------------------------------ without a browser
 
 
@@ -151,7 +221,7 @@ def test_a_search_returns_the_pipeline_results_a_plot_the_frames_and_the_json(de
     assert '"query": "blue sky"' in open(document).read()
 
 
-def test_lddetr_demo_serves_the_app_and_refuses_a_bad_model(model_dir, tmp_path):
+def test_lddetr_demo_serves_the_app_and_refuses_a_bad_model(model_dir, tmp_path):  # noqa: F811
     executable = shutil.which("lddetr-demo")
     assert executable is not None, "pip install -e . puts lddetr-demo on the PATH"
     failed = subprocess.run([executable, "--model", str(tmp_path / "missing")], capture_output=True, text=True)
@@ -179,12 +249,21 @@ def test_lddetr_demo_serves_the_app_and_refuses_a_bad_model(model_dir, tmp_path)
         server.wait(timeout=30)
 
 
+def test_lddetr_demo_refuses_a_missing_library_and_needs_a_model_or_a_library(tmp_path):
+    executable = shutil.which("lddetr-demo")
+    failed = subprocess.run([executable, "--library", str(tmp_path / "none")], capture_output=True, text=True)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.startswith("lddetr-demo: error: ") and "none" in failed.stderr
+    neither = subprocess.run([executable], capture_output=True, text=True)
+    assert neither.returncode == 2 and "--model" in neither.stderr and "--library" in neither.stderr
+
+
 # ------------------------------------------------------------------------------------------- the Space layout
 
 SPACE = Path(__file__).resolve().parents[1] / "spaces" / "lddetr-demo"
 
 
-def test_the_space_app_builds_the_demo_for_the_model_it_is_given(model_dir, monkeypatch):
+def test_the_space_app_builds_the_demo_for_the_model_it_is_given(model_dir, monkeypatch):  # noqa: F811
     monkeypatch.setenv("LDDETR_MODEL", model_dir)
     namespace = runpy.run_path(str(SPACE / "app.py"))
     assert isinstance(namespace["demo"], gr.Blocks)

@@ -4,7 +4,10 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MAPPED_FOLDERS = ("modeling_lddetr", "processing", "hub_datasets", "training_scripts", "benchmarks", "tests")
+MAPPED_FOLDERS = (
+    "modeling_lddetr", "processing", "hub_datasets", "training_scripts", "video_search", "web_demo", "benchmarks",
+    "tests",
+)
 
 
 def python_files_in_the_map() -> set[str]:

@@ -1,41 +1,35 @@
 """Distill Align's fused loss (stacked GEMMs, scaled queries, shared log-normaliser, custom backwards) equals the
-straightforward formula: concatenate [in-batch | queue] logits, divide by the temperature, log_softmax."""
+plain formula of the package (`contrastive_loss`, kernels="eager"): concatenate [in-batch | queue] logits, divide
+by the temperature, log_softmax."""
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_lddetr.distill_align import DistillAlign, _DistillationCrossEntropy, _QueueLogits, _QueueSnapshot
+from modeling_lddetr.distill_align import DistillAlign, contrastive_loss
+from modeling_lddetr.fused_distill_align import (
+    QueueSnapshot,
+    _DistillationCrossEntropy,
+    _QueueLogits,
+    fused_contrastive_loss,
+)
 from tests.helpers import tiny_config
 
 
-def reference_contrastive_loss(query, keys, queue, target, alpha, temperature):
-    """query, keys, target (B, d), queue (d, K): −mean_i Σ_j Y_ij log softmax(logits)_ij, written out."""
-    batch = query.shape[0]
-    logits = torch.cat([query @ keys.T, query @ queue], dim=1) / temperature  # (B, B + K)
-    with torch.no_grad():
-        soft = (torch.cat([target @ keys.T, target @ queue], dim=1) / temperature).softmax(dim=1)
-    identity = torch.zeros_like(soft)
-    identity[:, :batch] = torch.eye(batch, dtype=soft.dtype)
-    targets = alpha * soft + (1 - alpha) * identity
-    return -(targets * logits.log_softmax(dim=1)).sum(1).mean()
-
-
-def reference_loss_align(video, text, video_momentum, text_momentum, video_mask, text_mask, video_queue, text_queue, alpha, temperature):
-    def global_feature(x, mask):
-        weights = mask[..., None].to(x.dtype)
-        return F.normalize((x * weights).sum(1) / weights.sum(1), dim=-1)
-
-    v, t = global_feature(video, video_mask), global_feature(text, text_mask)
-    vm, tm = global_feature(video_momentum, video_mask).detach(), global_feature(text_momentum, text_mask).detach()
-    v2t = reference_contrastive_loss(v, tm, text_queue, vm, alpha, temperature)
-    t2v = reference_contrastive_loss(t, vm, video_queue, tm, alpha, temperature)
-    return (v2t + t2v) / 2
+def eager_twin(module: DistillAlign) -> DistillAlign:
+    """The same module, parameters, queues and pointer, with the plain formula (kernels="eager")."""
+    twin = copy.deepcopy(module)
+    twin.kernels = "eager"
+    return twin
 
 
 def features(dtype, batch=6, clips=9, tokens=5, d=32, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    video, text, video_momentum, text_momentum = (torch.randn(batch, n, d, generator=generator, dtype=dtype) for n in (clips, tokens, clips, tokens))
+    video, text, video_momentum, text_momentum = (
+        torch.randn(batch, n, d, generator=generator, dtype=dtype) for n in (clips, tokens, clips, tokens)
+    )
     video_mask = torch.arange(clips)[None] < torch.tensor([9, 7, 9, 4, 8, 6])[:batch, None]
     text_mask = torch.arange(tokens)[None] < torch.tensor([5, 3, 4, 5, 2, 1])[:batch, None]
     return video.requires_grad_(), text.requires_grad_(), video_momentum, text_momentum, video_mask, text_mask
@@ -55,9 +49,9 @@ def test_contrastive_loss_and_gradients_equal_the_straightforward_formula(dtype,
     temperature = torch.tensor(0.07, dtype=dtype, requires_grad=True)
     queue = module.text_queue
 
-    expected = reference_contrastive_loss(query, keys, queue, target, alpha, temperature)
+    expected = contrastive_loss(query, keys, queue, target, alpha, temperature)
     expected_grads = torch.autograd.grad(expected, (query, temperature))
-    loss = module._contrastive_loss(query, keys, _QueueSnapshot(queue), target, alpha, temperature)
+    loss = fused_contrastive_loss(query, keys, QueueSnapshot(queue), target, alpha, temperature)
     grads = torch.autograd.grad(loss, (query, temperature))
     torch.testing.assert_close(loss, expected, **TOLERANCES[dtype])
     for grad, expected_grad in zip(grads, expected_grads):
@@ -72,19 +66,21 @@ def test_training_forward_enqueues_before_backward_and_keeps_the_gradients(dtype
     with torch.no_grad():
         module.temperature.fill_(0.9)  # outside the clamp range: the forward clamps it to 0.5 first
     video, text, video_momentum, text_momentum, video_mask, text_mask = features(dtype)
-    video_queue, text_queue = module.video_queue.clone(), module.text_queue.clone()
+    video_queue = module.video_queue.clone()
+    eager = eager_twin(module)
 
-    loss_align, loss_sim = module(video, text, video_momentum, text_momentum, video_mask, text_mask, training_progress=0.5)
+    losses = module(video, text, video_momentum, text_momentum, video_mask, text_mask, training_progress=0.5)
     assert not torch.equal(module.video_queue, video_queue) and module.queue_ptr.item() == (13 + 6) % 16
-    grads = torch.autograd.grad(loss_align, (video, text, module.temperature))
+    grads = torch.autograd.grad(sum(losses), (video, text, module.temperature))
 
-    temperature = torch.tensor(0.5, dtype=dtype, requires_grad=True)
-    alpha = module.distillation_coefficient * 0.5
-    expected = reference_loss_align(video, text, video_momentum, text_momentum, video_mask, text_mask, video_queue, text_queue, alpha, temperature)
-    expected_grads = torch.autograd.grad(expected, (video, text, temperature))
-    torch.testing.assert_close(loss_align, expected, **TOLERANCES[dtype])
+    expected_losses = eager(video, text, video_momentum, text_momentum, video_mask, text_mask, training_progress=0.5)
+    expected_grads = torch.autograd.grad(sum(expected_losses), (video, text, eager.temperature))
+    for loss, expected in zip(losses, expected_losses):
+        torch.testing.assert_close(loss, expected, **TOLERANCES[dtype])
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, **TOLERANCES[dtype])
+    for name, buffer in module.named_buffers():  # the same features enqueued at the same columns
+        torch.testing.assert_close(buffer, eager.get_buffer(name), **TOLERANCES[dtype], msg=name)
 
 
 def test_evaluation_loss_equals_the_formula_under_bf16_autocast_in_fp32():
@@ -94,10 +90,11 @@ def test_evaluation_loss_equals_the_formula_under_bf16_autocast_in_fp32():
     bf16 = [x.detach().bfloat16() for x in (video, text, video_momentum, text_momentum)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss_align, _ = module(*bf16, video_mask, text_mask)
-    assert loss_align.dtype == torch.float32
-    expected = reference_loss_align(*(x.float() for x in bf16), video_mask, text_mask, module.video_queue, module.text_queue,
-                                    module.distillation_coefficient, module.temperature.detach())
+        expected, _ = eager_twin(module)(*bf16, video_mask, text_mask)
+    assert loss_align.dtype == expected.dtype == torch.float32
+    fp32_formula, _ = eager_twin(module)(*(x.float() for x in bf16), video_mask, text_mask)
     torch.testing.assert_close(loss_align, expected, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(loss_align, fp32_formula, **TOLERANCES[torch.float32])
 
 
 def test_distillation_cross_entropy_passes_gradcheck():
@@ -107,7 +104,8 @@ def test_distillation_cross_entropy_passes_gradcheck():
     targets = torch.randn(3, 10, dtype=torch.float64, generator=generator).softmax(1)
     batch_targets, queue_targets = targets[:, :3], targets[:, 3:]
     assert torch.autograd.gradcheck(
-        lambda b, q: _DistillationCrossEntropy.apply(b, q, batch_targets, queue_targets, 0.3), (batch_logits, queue_logits)
+        lambda b, q: _DistillationCrossEntropy.apply(b, q, batch_targets, queue_targets, 0.3),
+        (batch_logits, queue_logits),
     )
 
 
@@ -116,8 +114,8 @@ def test_stacked_queue_logits_equal_two_products_and_pass_gradcheck():
     query = torch.randn(3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
     targets = torch.randn(2, 4, dtype=torch.float64, generator=generator)
     queue = torch.randn(4, 6, dtype=torch.float64, generator=generator)
-    query_logits, target_logits = _QueueLogits.apply(query, _QueueSnapshot(queue), targets)
+    query_logits, target_logits = _QueueLogits.apply(query, QueueSnapshot(queue), targets)
     torch.testing.assert_close(query_logits, query @ queue, rtol=1e-15, atol=1e-15)
     torch.testing.assert_close(target_logits, targets @ queue, rtol=1e-15, atol=1e-15)
     assert not target_logits.requires_grad
-    assert torch.autograd.gradcheck(lambda q: _QueueLogits.apply(q, _QueueSnapshot(queue), targets)[0], (query,))
+    assert torch.autograd.gradcheck(lambda q: _QueueLogits.apply(q, QueueSnapshot(queue), targets)[0], (query,))

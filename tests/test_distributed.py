@@ -19,7 +19,8 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str, sync_batch
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for step in range(3):
-        inputs, labels = random_batch(model.config, [9 - rank, 6, 7], [4, 3, 5], seed=100 * step + rank)  # rank-local data
+        # rank-local data
+        inputs, labels = random_batch(model.config, [9 - rank, 6, 7], [4, 3, 5], seed=100 * step + rank)
         ddp.train()
         loss = ddp(**inputs, labels=labels).loss
         optimizer.zero_grad()
@@ -75,7 +76,9 @@ def test_synchronised_masked_batchnorm_equals_one_process_on_the_global_batch(tm
     mp.spawn(_sync_batchnorm_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = torch.load(tmp_path / "bn0.pt"), torch.load(tmp_path / "bn1.pt")
     x, grad, mask = _sync_batchnorm_inputs()
-    grad_x, grad_weight, grad_bias, running_mean, running_var = _batchnorm_and_grads(MaskedBatchNorm1d(5), x, grad, mask)
+    grad_x, grad_weight, grad_bias, running_mean, running_var = _batchnorm_and_grads(
+        MaskedBatchNorm1d(5), x, grad, mask
+    )
     torch.testing.assert_close(torch.cat([rank0[0], rank1[0]]), grad_x, atol=1e-6, rtol=1e-5)
     # parameter gradients are per-process sums (DDP adds them up); running stats are the global batch's on each rank
     torch.testing.assert_close(rank0[1] + rank1[1], grad_weight, atol=1e-5, rtol=1e-5)

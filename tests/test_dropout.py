@@ -4,8 +4,8 @@ scaled by 1/(1-p), the gradient through the same mask, and masks governed by tor
 import pytest
 import torch
 
-from modeling_lddetr.dropout import Dropout, dropout, keep_mask
-
+from modeling_lddetr.dropout import Dropout
+from modeling_lddetr.fused_dropout import dropout, keep_mask
 from tests.helpers import compile_counting_graphs
 
 N = 1 << 22

@@ -49,7 +49,14 @@ def test_built_dataset_to_a_submission_the_evaluator_accepts(qvh_dataset, model_
     with torch.no_grad():
         outputs = model(**batch)
     assert torch.isfinite(outputs.loss)
-    records = processor.post_process(outputs, batch["video_attention_mask"], meta["duration"], qids=meta["qid"], queries=meta["query"], vids=meta["vid"])
+    records = processor.post_process(
+        outputs,
+        batch["video_attention_mask"],
+        meta["duration"],
+        qids=meta["qid"],
+        queries=meta["query"],
+        vids=meta["vid"],
+    )
     path = write_submission(records, tmp_path / "val_submission.jsonl")
 
     submission = load_jsonl(path)
@@ -63,7 +70,9 @@ def test_built_dataset_to_a_submission_the_evaluator_accepts(qvh_dataset, model_
 
 def test_predict_split_writes_the_test_submission_and_scores_validation(qvh_dataset, model_folder, tmp_path, capsys):
     test_path = tmp_path / "hl_test_submission.jsonl"
-    code = predict_split_main(["--model", str(model_folder), "--dataset", str(qvh_dataset), "--split", "test", "--output", str(test_path)])
+    code = predict_split_main(
+        ["--model", str(model_folder), "--dataset", str(qvh_dataset), "--split", "test", "--output", str(test_path)]
+    )
     assert code == 0
     queries, _, _ = load_lddetr_dataset(qvh_dataset)
     submission = load_jsonl(test_path)
@@ -71,12 +80,20 @@ def test_predict_split_writes_the_test_submission_and_scores_validation(qvh_data
     assert all(r["pred_relevant_windows"] and r["pred_saliency_scores"] for r in submission)
 
     # the test split has no ground truth: asking for metrics is an error that names the split
-    code = predict_split_main(["--model", str(model_folder), "--dataset", str(qvh_dataset), "--split", "test",
-                               "--output", str(tmp_path / "again.jsonl"), "--metrics", str(tmp_path / "m.json")])
+    code = predict_split_main(
+        [
+            "--model", str(model_folder), "--dataset", str(qvh_dataset), "--split", "test", "--output",
+            str(tmp_path / "again.jsonl"), "--metrics", str(tmp_path / "m.json"),
+        ]
+    )
     assert code == 1 and "'test' has no ground truth" in capsys.readouterr().err
 
-    code = predict_split_main(["--model", str(model_folder), "--dataset", str(qvh_dataset), "--split", "validation",
-                               "--output", str(tmp_path / "val.jsonl"), "--metrics", str(tmp_path / "val_metrics.json"), "--top-k", "3"])
+    code = predict_split_main(
+        [
+            "--model", str(model_folder), "--dataset", str(qvh_dataset), "--split", "validation", "--output",
+            str(tmp_path / "val.jsonl"), "--metrics", str(tmp_path / "val_metrics.json"), "--top-k", "3",
+        ]
+    )
     assert code == 0
     assert all(len(r["pred_relevant_windows"]) <= 3 for r in load_jsonl(tmp_path / "val.jsonl"))
     report = json.loads((tmp_path / "val_metrics.json").read_text())
@@ -84,8 +101,21 @@ def test_predict_split_writes_the_test_submission_and_scores_validation(qvh_data
 
 
 def test_predict_split_names_a_missing_split_or_model(qvh_dataset, model_folder, tmp_path, capsys):
-    assert predict_split_main(["--model", str(model_folder), "--dataset", str(qvh_dataset), "--split", "dev", "--output", str(tmp_path / "x.jsonl")]) == 1
+    assert (
+        predict_split_main(
+            [
+                "--model", str(model_folder), "--dataset", str(qvh_dataset), "--split", "dev", "--output",
+                str(tmp_path / "x.jsonl"),
+            ]
+        )
+        == 1
+    )
     assert "no split 'dev'" in capsys.readouterr().err
-    assert predict_split_main(["--model", str(tmp_path / "nothing"), "--dataset", str(qvh_dataset), "--output", str(tmp_path / "x.jsonl")]) == 1
+    assert (
+        predict_split_main(
+            ["--model", str(tmp_path / "nothing"), "--dataset", str(qvh_dataset), "--output", str(tmp_path / "x.jsonl")]
+        )
+        == 1
+    )
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()

@@ -1,80 +1,18 @@
-"""The Loop Decoder and the heads compute the plain per-module math that their fused forms replace.
-
-The references below are that plain math, written from the modules' parameters: one Linear per projection, the
-content and position parts concatenated inside each head, `F.scaled_dot_product_attention`, a GRU over every clip.
+"""The Loop Decoder's fused layers (fused_decoder.py) compute what its plain layers (kernels="eager") compute,
+and the heads and sine encodings the plain math their faster forms replace: a GRU over every clip, per-feature
+frequencies.
 """
 
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from modeling_lddetr import LDDetrConfig
+from modeling_lddetr import LDDetrConfig, fused_decoder
 from modeling_lddetr.loop_decoder import LoopDecoder
 from modeling_lddetr.position_encoding import VideoPositionEmbedding, anchor_sine_embedding
 from modeling_lddetr.prediction_heads import HighlightDetectionHead
-from modeling_lddetr.span_ops import inverse_sigmoid
-from tests.helpers import NO_DROPOUT
-
-
-def _concat_per_head(content, position, heads):
-    batch, length, d = content.shape
-    parts = [x.view(batch, length, heads, d // heads) for x in (content, position)]
-    return torch.cat(parts, dim=-1).view(batch, length, 2 * d)
-
-
-def _sdpa(attention, q, k, v, key_mask=None):
-    heads = attention.num_heads
-
-    def split(x):
-        return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
-
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
-    return attention.out_proj(out.transpose(1, 2).flatten(2))
-
-
-def _reference_layer(layer, queries, memory, memory_mask, memory_pos, query_pos, sine_embed):
-    heads = layer.num_heads
-    q = layer.self_attn_query_content_proj(queries) + layer.self_attn_query_pos_proj(query_pos)
-    k = layer.self_attn_key_content_proj(queries) + layer.self_attn_key_pos_proj(query_pos)
-    queries = layer.norm1(queries + _sdpa(layer.self_attn, q, k, layer.self_attn_value_proj(queries)))
-
-    k_pos = layer.cross_attn_key_pos_proj(memory_pos)
-    k = layer.cross_attn_key_content_proj(memory)
-    q = layer.cross_attn_query_content_proj(queries)
-    if layer.is_first:
-        k = k + k_pos
-        q = q + layer.cross_attn_query_pos_proj(query_pos)
-    q = _concat_per_head(q, layer.cross_attn_query_pos_sine_proj(sine_embed), heads)
-    k = _concat_per_head(k, k_pos, heads)
-    queries = layer.norm2(queries + _sdpa(layer.cross_attn, q, k, layer.cross_attn_value_proj(memory), memory_mask))
-    return layer.norm3(queries + layer.linear2(layer.activation(layer.linear1(queries))))
-
-
-def _reference_loop_decoder(loop_decoder, memory, memory_mask, memory_pos):
-    decoder = loop_decoder.decoder
-    batch, d = memory.shape[0], memory.shape[-1]
-    queries = memory.new_zeros(batch, loop_decoder.anchor_embed.num_embeddings, d)
-    for _ in range(loop_decoder.num_loops):
-        anchors = loop_decoder.anchor_embed.weight[None].expand(batch, -1, -1).sigmoid()
-        hidden_states, reference_anchors = [], [anchors]
-        for i, layer in enumerate(decoder.layers):
-            sine_embed = anchor_sine_embedding(anchors, d)
-            query_pos = decoder.anchor_position_head(sine_embed)
-            if i > 0:
-                sine_embed = sine_embed * decoder.query_scale(queries)
-            width_ratio = decoder.anchor_width_head(queries).sigmoid()[..., 0] / anchors[..., 1]
-            sine_embed = sine_embed * width_ratio[..., None]
-            queries = _reference_layer(layer, queries, memory, memory_mask, memory_pos, query_pos, sine_embed)
-            new_anchors = (decoder.anchor_offset_head(queries) + inverse_sigmoid(anchors)).sigmoid()
-            if i < len(decoder.layers) - 1:
-                reference_anchors.append(new_anchors)
-            anchors = new_anchors.detach()
-            hidden_states.append(decoder.norm(queries))
-        queries = hidden_states[-1]
-    return torch.stack(hidden_states), torch.stack(reference_anchors)
+from tests.helpers import NO_DROPOUT, with_kernels
 
 
 def _reference_saliency(head, logits, spans, memory, video, video_mask):
@@ -115,15 +53,18 @@ def _gradients(module, inputs, outputs):
 def test_loop_decoder_equals_the_unfused_math_with_gradients(loops, layers):
     torch.manual_seed(0)
     decoder = LoopDecoder(LDDetrConfig(num_decoder_loops=loops, num_decoder_layers=layers, **NO_DROPOUT)).train()
+    eager = with_kernels(decoder, "eager")
+    assert fused_decoder.fused_decoder_applies(decoder.decoder.kernels)
+    assert not fused_decoder.fused_decoder_applies(eager.decoder.kernels)
     memory, mask, memory_pos = _memory()
     memory.requires_grad_(True)
     memory_pos.requires_grad_(True)
     got = decoder(memory, mask, memory_pos)
-    expected = _reference_loop_decoder(decoder, memory, mask, memory_pos)
+    expected = eager(memory, mask, memory_pos)
     for name, g, e in zip(["hidden_states", "reference_anchors"], got, expected):
         _assert_close(g, e, name)
     got_grads = _gradients(decoder, (memory, memory_pos), got)
-    expected_grads = _gradients(decoder, (memory, memory_pos), expected)
+    expected_grads = _gradients(eager, (memory, memory_pos), expected)
     names = [name for name, _ in decoder.named_parameters()] + ["memory", "memory_pos"]
     for name, g, e in zip(names, got_grads, expected_grads):
         assert (g is None) == (e is None), name
@@ -139,7 +80,7 @@ def test_loop_decoder_under_bf16_autocast_stays_within_bf16_rounding_of_the_unfu
     memory, mask, memory_pos = _memory()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         got = decoder(memory, mask, memory_pos)
-        expected = _reference_loop_decoder(decoder, memory, mask, memory_pos)
+        expected = with_kernels(decoder, "eager")(memory, mask, memory_pos)
     torch.testing.assert_close(got[1].float(), expected[1].float(), atol=2e-2, rtol=0)
     torch.testing.assert_close(got[0].float(), expected[0].float(), atol=0.1, rtol=0.05)
 
@@ -150,13 +91,13 @@ def test_attention_dropout_acts_on_the_attention_weights():
     decoder = LoopDecoder(LDDetrConfig(num_decoder_loops=1, **dict(NO_DROPOUT, attention_dropout=1.0))).train()
     layer = decoder.decoder.layers[0]
     memory, mask, memory_pos = _memory()
-    keys_values, bias = decoder.decoder.memory_keys_values(memory, mask, memory_pos)
+    keys_values, bias = fused_decoder.fused_memory_keys_values(decoder.decoder, memory, mask, memory_pos)
     keys, values = keys_values[0]
     queries = torch.randn(keys.shape[0], 10, keys.shape[-1])
-    attended = layer._attend(layer.cross_attn, queries, keys, values, bias)
+    attended = fused_decoder._attend(layer, layer.cross_attn, queries, keys, values, bias)
     torch.testing.assert_close(attended, layer.cross_attn.out_proj.bias.expand_as(attended), atol=0, rtol=0)
     layer.eval()
-    assert (layer._attend(layer.cross_attn, queries, keys, values, bias) - attended).abs().max() > 1e-3
+    assert (fused_decoder._attend(layer, layer.cross_attn, queries, keys, values, bias) - attended).abs().max() > 1e-3
 
 
 def _head_inputs(centers, widths, lengths, padded_length, d=256, queries=4, seed=0):
@@ -205,13 +146,16 @@ def test_highlight_head_equals_the_full_length_gru_with_gradients(
     assert states[0].shape[1] == (20 if official_slicing or host_sync_free else int(count.max()))
     _assert_close(states[0], full_states[:, : states[0].shape[1]], "gru states")
     _assert_close(got, expected, "saliency")
-    for name, g, e in zip(["memory", "video"], *(torch.autograd.grad(out.square().sum(), (memory, video)) for out in (got, expected))):
+    for name, g, e in zip(
+        ["memory", "video"], *(torch.autograd.grad(out.square().sum(), (memory, video)) for out in (got, expected))
+    ):
         _assert_close(g, e, name)
     got_grads = torch.autograd.grad(head(logits, spans, memory, video, mask).sum(), list(head.parameters()))
-    expected_grads = torch.autograd.grad(_reference_saliency(head, logits, spans, memory, video, mask)[0].sum(), list(head.parameters()))
+    expected_grads = torch.autograd.grad(
+        _reference_saliency(head, logits, spans, memory, video, mask)[0].sum(), list(head.parameters())
+    )
     for (name, _), g, e in zip(head.named_parameters(), got_grads, expected_grads):
         _assert_close(g, e, name)
-
 
 
 def _reference_sine(positions, num_feats, temperature=10000.0):

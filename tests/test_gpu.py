@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from modeling_lddetr import LDDetrModel
-
 from tests.helpers import random_batch, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

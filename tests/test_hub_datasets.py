@@ -13,11 +13,13 @@ import yaml
 from datasets import load_dataset
 
 import hub_datasets.hub
-from hub_datasets import load_lddetr_dataset, push_dataset_to_hub
 from hub_datasets import demo as demo_module
+from hub_datasets import load_lddetr_dataset, push_dataset_to_hub
 from hub_datasets.annotations import AnnotationError
-from hub_datasets.build import OutputExistsError, build_dataset, main
+from hub_datasets.build import build_dataset
 from hub_datasets.card import card_context, render_card
+from hub_datasets.cli import main
+from hub_datasets.dataset_folder import OutputExistsError
 from hub_datasets.demo import demo_dataset_path, demo_spec
 from hub_datasets.feature_files import FeatureFileError
 from hub_datasets.specs import SPECS
@@ -81,7 +83,10 @@ def _pick(shared_data_dir: Path, name: str) -> dict[str, list[str]]:
         folder = shared_data_dir / "tacos"
         return {f: _lines(folder / f)[:3] for f in ("train.jsonl", "evl.jsonl", "test.jsonl")}
     folder = shared_data_dir / "tvsum"
-    return {"tvsum_train.jsonl": _lines(folder / "tvsum_train.jsonl")[:2], "tvsum_val.jsonl": _lines(folder / "tvsum_val.jsonl")[:1]}
+    return {
+        "tvsum_train.jsonl": _lines(folder / "tvsum_train.jsonl")[:2],
+        "tvsum_val.jsonl": _lines(folder / "tvsum_val.jsonl")[:1],
+    }
 
 
 def write_tree(root: Path, shared_data_dir: Path, name: str, with_audio: bool = False, seed: int = 0) -> Tree:
@@ -156,11 +161,20 @@ def test_qvhighlights_rows_shapes_and_values_round_trip(qvh, tmp_path, shared_da
 
     queries = load_dataset(str(out))
     assert sorted(queries) == ["test", "train", "validation"]
-    for split, file_name in [("train", "highlight_train_release.jsonl"), ("validation", "highlight_val_release.jsonl"), ("test", "highlight_test_release.jsonl")]:
+    for split, file_name in [
+        ("train", "highlight_train_release.jsonl"),
+        ("validation", "highlight_val_release.jsonl"),
+        ("test", "highlight_test_release.jsonl"),
+    ]:
         loaded = queries[split].with_format("numpy", columns=["text_features"], output_all_columns=True)
         assert len(loaded) == len(qvh.rows[file_name])
         for row, source in zip(loaded, qvh.rows[file_name]):
-            assert (row["qid"], row["query"], row["vid"], row["duration"]) == (source["qid"], source["query"], source["vid"], source["duration"])
+            assert (row["qid"], row["query"], row["vid"], row["duration"]) == (
+                source["qid"],
+                source["query"],
+                source["vid"],
+                source["duration"],
+            )
             assert row["relevant_windows"] == source.get("relevant_windows")
             assert row["relevant_clip_ids"] == source.get("relevant_clip_ids")
             assert row["saliency_scores"] == source.get("saliency_scores")
@@ -185,11 +199,14 @@ def test_qvhighlights_rows_shapes_and_values_round_trip(qvh, tmp_path, shared_da
         "max_text_tokens": 32,
         "feature_dtype": "float32",
         "splits": {"train": 3, "validation": 5, "test": 2},
+        "saliency_label_type": "qvhighlights",  # every labelled row has annotator scores
     }
     assert report.num_videos == len(qvh.video) and report.info == info
     assert (out / "LICENSE").read_bytes() == (qvh.annotations / "LICENSE").read_bytes()
     assert sorted(p.name for p in (out / "data" / "queries").iterdir()) == [
-        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00001.parquet",
+        "validation-00000-of-00001.parquet",
     ]
     assert leftovers(out) == []
 
@@ -419,10 +436,12 @@ def test_command_builds_renders_the_card_and_pushes(qvh, tmp_path, monkeypatch, 
     monkeypatch.setattr(hub_datasets.hub, "HfApi", FakeHfApi)
     FakeHfApi.calls = []
     out = output_dir(tmp_path)
-    main([
-        "qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features),
-        "--output-dir", str(out), "--feature-dtype", "float16", "--no-progress", "--push-to-hub", "org/qvh",
-    ])
+    main(
+        [
+            "qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features),
+            "--output-dir", str(out), "--feature-dtype", "float16", "--no-progress", "--push-to-hub", "org/qvh",
+        ]
+    )
     assert "validation 5" in capsys.readouterr().err
 
     card = (out / "README.md").read_text()
@@ -437,13 +456,18 @@ def test_command_builds_renders_the_card_and_pushes(qvh, tmp_path, monkeypatch, 
 
     (create, repo_id, create_kwargs), (upload, upload_kwargs) = FakeHfApi.calls
     assert (create, repo_id, create_kwargs["repo_type"]) == ("create_repo", "org/qvh", "dataset")
-    assert upload == "upload_folder" and upload_kwargs["repo_type"] == "dataset" and upload_kwargs["repo_id"] == "org/qvh"
+    assert (
+        upload == "upload_folder" and upload_kwargs["repo_type"] == "dataset" and upload_kwargs["repo_id"] == "org/qvh"
+    )
     assert Path(upload_kwargs["folder_path"]) == out
 
 
 def test_command_reports_bad_input_in_one_line(qvh, tmp_path):
     (qvh.features / "clip_text_features" / f"qid{_first_val_row(qvh)['qid']}.npz").unlink()
-    args = ["qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features), "--output-dir", str(tmp_path / "o")]
+    args = [
+        "qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features), "--output-dir",
+        str(tmp_path / "o"),
+    ]
     with pytest.raises(SystemExit, match="^lddetr-build-dataset: error: 1 feature file"):
         main(args + ["--no-progress"])
     with pytest.raises(SystemExit, match="charades-sta has no audio features"):
@@ -454,11 +478,20 @@ def test_command_reports_bad_input_in_one_line(qvh, tmp_path):
 def test_every_card_template_renders_completely(folder, tmp_path):
     spec = demo_spec() if folder == "qvhighlights-demo" else next(s for s in SPECS.values() if s.card_folder == folder)
     info = {
-        "video_feature_names": [s.name for s in spec.video_sources], "video_feature_dims": [s.dim for s in spec.video_sources],
-        "text_feature_dim": spec.text_source.dim, "audio_feature_dim": 0, "clip_length": spec.clip_length,
-        "max_video_clips": 75, "feature_dtype": "float32", "splits": {"train": 10},
+        "video_feature_names": [s.name for s in spec.video_sources],
+        "video_feature_dims": [s.dim for s in spec.video_sources],
+        "text_feature_dim": spec.text_source.dim,
+        "audio_feature_dim": 0,
+        "clip_length": spec.clip_length,
+        "max_video_clips": 75,
+        "feature_dtype": "float32",
+        "splits": {"train": 10},
     }
-    card = render_card(Path(hub_datasets.hub.__file__).parent / folder / "README.md", {"configs": []}, card_context(spec, info, 7, "CMD"))
+    card = render_card(
+        Path(hub_datasets.hub.__file__).parent / folder / "README.md",
+        {"configs": []},
+        card_context(spec, info, 7, "CMD"),
+    )
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["license"] and front["configs"] == [] and not re.search(r"\$[A-Za-z_{]", card)
     assert "| train | 10 |" in card
@@ -550,7 +583,8 @@ def test_demo_features_carry_the_query_signal(demo_path):
 def _clips_and_saliency(queries, videos, row_of_video):
     for row in queries:
         types = np.split(videos[row_of_video[row["vid"]]]["video_features"], [128], axis=1)  # slowfast, clip
-        clips = np.concatenate([t / np.linalg.norm(t, axis=1, keepdims=True) for t in types], axis=1)  # as the processor does
+        # as the processor does
+        clips = np.concatenate([t / np.linalg.norm(t, axis=1, keepdims=True) for t in types], axis=1)
         saliency = np.zeros(len(clips))
         for clip, scores in zip(row["relevant_clip_ids"], row["saliency_scores"]):
             if clip < len(clips):
@@ -564,7 +598,8 @@ def test_demo_saliency_generalises_from_train_to_validation(demo_path):
     queries, videos, _ = load_lddetr_dataset(demo_path)
     row_of_video = {vid: i for i, vid in enumerate(videos["vid"])}
     train = list(_clips_and_saliency(queries["train"], videos, row_of_video))
-    weights = np.linalg.lstsq(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), rcond=None)[0]
+    inputs, targets = np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])
+    weights = np.linalg.lstsq(inputs, targets, rcond=None)[0]
     hits = [y[np.argmax(x @ weights)] > 0 for x, y in _clips_and_saliency(queries["validation"], videos, row_of_video)]
     assert np.mean(hits) > 0.9
 
@@ -581,10 +616,12 @@ def test_demo_annotations_are_verbatim_qvhighlights_rows_with_its_license(shared
 
 def test_clip_only_build_keeps_the_clip_features_and_says_so(qvh, tmp_path):
     out = output_dir(tmp_path)
-    main([
-        "qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features),
-        "--output-dir", str(out), "--no-progress", "--video-features", "clip",
-    ])
+    main(
+        [
+            "qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features),
+            "--output-dir", str(out), "--no-progress", "--video-features", "clip",
+        ]
+    )
     queries, videos, info = load_lddetr_dataset(out)
     assert info["video_feature_names"] == ["clip"] and info["video_feature_dims"] == [512]
     row = videos[0]
@@ -592,5 +629,9 @@ def test_clip_only_build_keeps_the_clip_features_and_says_so(qvh, tmp_path):
     np.testing.assert_allclose(row["video_features"], clip_only[: len(row["video_features"])], rtol=1e-6)
     assert "--video-features clip" in (out / "README.md").read_text()
     with pytest.raises(SystemExit, match=r"video feature types are \['slowfast', 'clip'\]"):
-        main(["qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features),
-              "--output-dir", str(tmp_path / "other"), "--no-progress", "--video-features", "resnet"])
+        main(
+            [
+                "qvhighlights", "--annotations-dir", str(qvh.annotations), "--features-dir", str(qvh.features),
+                "--output-dir", str(tmp_path / "other"), "--no-progress", "--video-features", "resnet",
+            ]
+        )

@@ -107,7 +107,14 @@ def test_saved_folder_loads_with_remote_code_where_the_package_is_missing(tmp_pa
         """
     )
     env = {**os.environ, "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
 
@@ -123,9 +130,17 @@ def test_push_to_hub_sends_weights_config_and_code(tmp_path):
         return mock.MagicMock()
 
     with (
-        mock.patch.object(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}")),
+        mock.patch.object(
+            HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}")
+        ),
         mock.patch.object(HfApi, "create_commit", create_commit),
         mock.patch.object(HfApi, "preupload_lfs_files", lambda self, *a, **kw: None, create=True),
     ):
         model.push_to_hub("some-user/lddetr-tiny")
-    assert {"config.json", "model.safetensors", "modeling_lddetr.py", "configuration_lddetr.py", "loop_decoder.py"} <= set(sent)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_lddetr.py",
+        "configuration_lddetr.py",
+        "loop_decoder.py",
+    } <= set(sent)

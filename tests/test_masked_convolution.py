@@ -10,7 +10,7 @@ from torch import nn
 
 from modeling_lddetr.configuration_lddetr import LDDetrConfig
 from modeling_lddetr.convolutional_fuser import ConvolutionalBlock, MaskedBatchNorm1d, MaskedConv1d
-from modeling_lddetr.masked_convolution import _MaskedBatchNorm, _MaskedConv1d
+from modeling_lddetr.fused_convolution import _MaskedBatchNorm, _MaskedConv1d
 
 LENGTHS = [7, 4, 1, 7]  # full-length videos, padded ones and a single clip
 
@@ -110,7 +110,9 @@ def test_batch_norm_backward_passes_gradcheck_in_float64_with_padding():
     mask = _mask(LENGTHS, 7, torch.float64).reshape(-1)
     out = _MaskedBatchNorm.apply(x, mask, weight, bias, 1e-5, False)[0]
     assert out.dtype == torch.float64  # statistics in at least fp32: float64 inputs keep float64
-    assert torch.autograd.gradcheck(lambda x, w, b: _MaskedBatchNorm.apply(x, mask, w, b, 1e-5, False)[0], (x, weight, bias))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: _MaskedBatchNorm.apply(x, mask, w, b, 1e-5, False)[0], (x, weight, bias)
+    )
 
 
 def _batch_norm_pair(channels: int):

@@ -343,10 +343,24 @@ def test_malformed_submissions_raise(submission, message):
 def test_malformed_ground_truth_raises():
     with pytest.raises(ValueError, match="has no 'relevant_windows'"):
         eval_qvhighlights([prediction_record(1, [[0, 10, 1.0]])], [{"qid": 1}])
-    with pytest.raises(ValueError, match="has no 'relevant_clip_ids'"):
-        eval_qvhighlights([prediction_record(1, [[0, 10, 1.0]], [0.5])], [truth_record(1, [[0, 10]])])
+    # clip ids without the annotators' scores: highlight detection cannot be scored, and it says which field
+    half_labelled = {**truth_record(1, [[0, 10]]), "relevant_clip_ids": [0]}
+    with pytest.raises(ValueError, match="qid 1 has no 'saliency_scores'"):
+        eval_qvhighlights([prediction_record(1, [[0, 10, 1.0]], [0.5])], [half_labelled])
     with pytest.raises(ValueError, match="unknown dataset_type"):
         compute_metrics([prediction_record(1, [[0, 10, 1.0]])], [truth_record(1, [[0, 10]])], "activitynet")
+
+
+def test_highlight_detection_scores_only_the_queries_with_annotator_scores():
+    labelled = truth_record(1, [[0, 10]], clip_ids=[0, 1], scores=[[4, 4, 4], [0, 0, 0]])
+    submission = [prediction_record(1, [[0, 10, 1.0]], [0.9, 0.1] + [0.0] * 73)]
+    windows_only = eval_qvhighlights(
+        submission + [prediction_record(2, [[0, 10, 1.0]], [0.5] * 75)], [labelled, truth_record(2, [[0, 10]])]
+    )
+    assert windows_only["brief"]["HL-min-VeryGood-mAP"] == eval_qvhighlights(submission, [labelled])["brief"][
+        "HL-min-VeryGood-mAP"
+    ]
+    assert not any(key.startswith("HL") for key in eval_qvhighlights(submission, [truth_record(1, [[0, 10]])])["brief"])
 
 
 def test_match_number_false_evaluates_shared_qids():

@@ -27,7 +27,9 @@ def test_output_shapes_and_loss_names():
     expected |= {f"{name}_{i}" for name in ("loss_span", "loss_giou", "loss_label") for i in (0, 1)}
     assert set(output.loss_dict) == expected
     weights = model.config.weight_dict
-    assert output.loss.item() == pytest.approx(sum(weights[k] * v.item() for k, v in output.loss_dict.items()), rel=1e-6)
+    assert output.loss.item() == pytest.approx(
+        sum(weights[k] * v.item() for k, v in output.loss_dict.items()), rel=1e-6
+    )
 
 
 def test_parameter_count_of_the_official_configuration():
@@ -49,7 +51,9 @@ def test_loop_decoder_runs_the_configured_number_of_passes():
     # three manual passes: the normalised last-layer output becomes the next content query; anchors restart
     captured = {}
     # the inputs of the first pass (the loop decoder builds the zero queries and expands its anchors)
-    hook = three.loop_decoder.decoder.register_forward_hook(lambda module, args, out: captured.update(args=captured.get("args", args)))
+    hook = three.loop_decoder.decoder.register_forward_hook(
+        lambda module, args, out: captured.update(args=captured.get("args", args))
+    )
     with torch.no_grad():
         three(**inputs)
     hook.remove()
@@ -237,7 +241,10 @@ def test_bf16_autocast_training_losses_are_within_bf16_tolerance_of_fp32():
     [
         (lambda i: i.update(video_features=i["video_features"][..., :-1]), "video_feature_dim"),
         (lambda i: i.update(text_features=i["text_features"][..., :-2]), "text_feature_dim"),
-        (lambda i: i.update(text_features=i["text_features"][:1], text_attention_mask=i["text_attention_mask"][:1]), "batch sizes"),
+        (
+            lambda i: i.update(text_features=i["text_features"][:1], text_attention_mask=i["text_attention_mask"][:1]),
+            "batch sizes",
+        ),
         (lambda i: i["video_attention_mask"][1].zero_(), "no valid clip"),
         (lambda i: i["text_attention_mask"][0].zero_(), "no valid token"),
         (lambda i: i["video_features"].__setitem__((0, 1, 3), float("nan")), "NaN"),
@@ -284,7 +291,7 @@ def test_torch_compile_forward_matches_eager():
 
 def test_queue_logits_backward_passes_gradcheck():
     """The custom backward of query @ queue, also when an enqueue overwrote queue columns after the forward."""
-    from modeling_lddetr.distill_align import _QueueLogits, _QueueSnapshot
+    from modeling_lddetr.fused_distill_align import QueueSnapshot, _QueueLogits
 
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
@@ -292,14 +299,13 @@ def test_queue_logits_backward_passes_gradcheck():
     targets = torch.randn(2, 4, dtype=torch.float64, generator=generator)
 
     def logits_then_enqueue(query):
-        snapshot = _QueueSnapshot(original.clone())
+        snapshot = QueueSnapshot(original.clone())
         logits, _ = _QueueLogits.apply(query, snapshot, targets)
         # what DistillAlign._enqueue does between the loss and the backward
-        snapshot.columns = torch.tensor([4, 5, 0])
-        snapshot.old_values = snapshot.queue[:, snapshot.columns]
+        snapshot.record_overwrite(torch.tensor([4, 5, 0]))
         snapshot.queue[:, snapshot.columns] = torch.randn(4, 3, dtype=torch.float64, generator=generator)
         snapshot.version_after_enqueue = snapshot.queue._version
         return logits
 
-    assert torch.autograd.gradcheck(lambda q: _QueueLogits.apply(q, _QueueSnapshot(original), targets)[0], (query,))
+    assert torch.autograd.gradcheck(lambda q: _QueueLogits.apply(q, QueueSnapshot(original), targets)[0], (query,))
     assert torch.autograd.gradcheck(logits_then_enqueue, (query,))

@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import old_key, random_batch, tiny_config
+from safetensors.torch import load_file
 
 from modeling_lddetr import LDDetrModel, LDDetrProcessor
 from modeling_lddetr.convert_official_checkpoint import (
@@ -14,9 +13,9 @@ from modeling_lddetr.convert_official_checkpoint import (
     convert_official_checkpoint,
     convert_official_state_dict,
     load_official_checkpoint,
-    main as convert_main,
     processor_from_official_checkpoint,
 )
+from modeling_lddetr.convert_official_checkpoint import main as convert_main
 
 OUTPUT_NAMES = ["pred_logits", "pred_spans", "saliency_scores", "aux_0_pred_logits", "aux_0_pred_spans"]
 
@@ -131,7 +130,8 @@ def test_converter_writes_the_processor_the_checkpoint_implies(fixture, tmp_path
     settings = processor.feature_extractor
     # opt: v_feat_dirs slowfast + clip, ctx_mode video_tef, max_v_l 75, max_q_l 32, clip_length 2, dset_name hl
     assert settings.video_feature_dims == [2304, 512] and settings.use_tef
-    assert settings.model_video_feature_dim == LDDetrModel.from_pretrained(tmp_path / "converted").config.video_feature_dim
+    converted = LDDetrModel.from_pretrained(tmp_path / "converted")
+    assert settings.model_video_feature_dim == converted.config.video_feature_dim
     assert (settings.max_video_clips, settings.max_text_tokens, settings.clip_length) == (75, 32, 2.0)
     assert settings.saliency_label_type == "qvhighlights"
 
@@ -144,18 +144,29 @@ def test_charades_options_without_truncation_convert_to_no_limit(fixture):
     config = config_from_official_checkpoint(checkpoint)
     processor = processor_from_official_checkpoint(checkpoint, config)
     assert config.max_video_clips is None and processor.feature_extractor.max_video_clips is None
-    assert processor.feature_extractor.clip_length == 1.0 and processor.feature_extractor.saliency_label_type == "binary"
+    assert (
+        processor.feature_extractor.clip_length == 1.0 and processor.feature_extractor.saliency_label_type == "binary"
+    )
 
 
 # ------------------------------------------------------------------------------ other official settings
 
-_OUR_ENCODERS = {new: old for old, new in (
-    ("convolutional_fuser.t2v_encoder.layers.", "convolutional_fuser.t2v_encoder."),
-    ("convolutional_fuser.transformer_encoder1.layers.", "convolutional_fuser.encoder1."),
-    ("convolutional_fuser.transformer_encoder2.layers.", "convolutional_fuser.encoder2."),
-)}
-_OUR_ENCODER_PARTS = {"attention.out_proj.": "self_attn.out_proj.", "ffn.linear1.": "linear1.", "ffn.linear2.": "linear2.",
-                      "ffn.activation.": "activation.", "norm1.": "norm1.", "norm2.": "norm2."}
+_OUR_ENCODERS = {
+    new: old
+    for old, new in (
+        ("convolutional_fuser.t2v_encoder.layers.", "convolutional_fuser.t2v_encoder."),
+        ("convolutional_fuser.transformer_encoder1.layers.", "convolutional_fuser.encoder1."),
+        ("convolutional_fuser.transformer_encoder2.layers.", "convolutional_fuser.encoder2."),
+    )
+}
+_OUR_ENCODER_PARTS = {
+    "attention.out_proj.": "self_attn.out_proj.",
+    "ffn.linear1.": "linear1.",
+    "ffn.linear2.": "linear2.",
+    "ffn.activation.": "activation.",
+    "norm1.": "norm1.",
+    "norm2.": "norm2.",
+}
 _OUR_PLAIN = [
     ("distill_align.video_queue", "distill_align.vid_queue"),
     ("distill_align.text_queue", "distill_align.txt_queue"),
@@ -177,19 +188,19 @@ def _to_official_layout(state_dict):
     for key, value in state_dict.items():
         encoder = next((p for p in _OUR_ENCODERS if key.startswith(p)), None)
         if encoder is not None:
-            layer, rest = key[len(encoder):].split(".", 1)
+            layer, rest = key[len(encoder) :].split(".", 1)
             prefix = f"{_OUR_ENCODERS[encoder]}{layer}."
             if rest.startswith("attention.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
                 kind = rest.rsplit(".", 1)[1]
                 qkv.setdefault(f"{prefix}self_attn.in_proj_{kind}", {})[rest.split(".")[1][0]] = value
                 continue
             part = next(p for p in _OUR_ENCODER_PARTS if rest.startswith(p))
-            official[prefix + _OUR_ENCODER_PARTS[part] + rest[len(part):]] = value
+            official[prefix + _OUR_ENCODER_PARTS[part] + rest[len(part) :]] = value
             continue
         key = old_key(key)
         for ours, theirs in _OUR_PLAIN:
             if key.startswith(ours):
-                key = theirs + key[len(ours):]
+                key = theirs + key[len(ours) :]
                 break
         if key.endswith(("cqa_linear.weight", "conv1d.weight")):
             value = value.unsqueeze(-1)  # the official kernel-size-1 Conv1d
@@ -203,20 +214,45 @@ def _to_official_layout(state_dict):
     "settings, opt",
     [
         (  # Charades-STA: clip 1 s, 4 conv blocks, no truncation, other coefficients, another queue length
-            dict(hidden_size=64, ffn_dim=128, num_convolutional_blocks=4, queue_length=48, video_feature_dim=2818,
-                 distillation_coefficient=0.3, sim_loss_coefficient=0.4, saliency_loss_coefficient=1.5, clip_length=1.0),
-            dict(dset_name="charadesSTA", clip_length=1, max_v_l=-1, distillation_coefficient=0.3, sim_loss_coef=0.4, lw_saliency=1.5),
+            dict(
+                hidden_size=64,
+                ffn_dim=128,
+                num_convolutional_blocks=4,
+                queue_length=48,
+                video_feature_dim=2818,
+                distillation_coefficient=0.3,
+                sim_loss_coefficient=0.4,
+                saliency_loss_coefficient=1.5,
+                clip_length=1.0,
+            ),
+            dict(
+                dset_name="charadesSTA",
+                clip_length=1,
+                max_v_l=-1,
+                distillation_coefficient=0.3,
+                sim_loss_coef=0.4,
+                lw_saliency=1.5,
+            ),
         ),
         (  # CLIP-only video, 3 decoder layers, 6 queries
-            dict(hidden_size=32, ffn_dim=64, num_decoder_layers=3, num_queries=6, queue_length=16, video_feature_dim=514),
+            dict(
+                hidden_size=32, ffn_dim=64, num_decoder_layers=3, num_queries=6, queue_length=16, video_feature_dim=514
+            ),
             dict(dset_name="hl", clip_length=2, max_v_l=75, v_feat_dirs=["../features/qvhighlight/clip_features"]),
         ),
     ],
 )
 def test_checkpoints_of_other_settings_convert_exactly(settings, opt, tmp_path):
     torch.manual_seed(0)
-    source = LDDetrModel(tiny_config(text_feature_dim=512, num_decoder_loops=1, official_highlight_slicing=True,
-                                     num_attention_heads=8, **settings)).eval()
+    source = LDDetrModel(
+        tiny_config(
+            text_feature_dim=512,
+            num_decoder_loops=1,
+            official_highlight_slicing=True,
+            num_attention_heads=8,
+            **settings,
+        )
+    ).eval()
     checkpoint = {"model": _to_official_layout(source.state_dict()), "opt": dict(ctx_mode="video_tef", **opt)}
     torch.save(checkpoint, tmp_path / "model_best.ckpt")
 

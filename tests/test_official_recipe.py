@@ -9,13 +9,20 @@ from helpers import NO_DROPOUT
 from safetensors.torch import load_file
 
 from modeling_lddetr import LDDetrModel
-from modeling_lddetr.convert_official_checkpoint import config_from_official_checkpoint, convert_official_state_dict, load_official_checkpoint
+from modeling_lddetr.convert_official_checkpoint import (
+    config_from_official_checkpoint,
+    convert_official_state_dict,
+    load_official_checkpoint,
+)
 from training_scripts.train import parse_training_arguments
 from training_scripts.trainer import LDDetrTrainer
 
 pytestmark = pytest.mark.slow  # the replay trains 9 steps of the official-size model
 
-LOSS_TERMS = ["loss_span", "loss_giou", "loss_label", "loss_align", "loss_sim", "loss_saliency", "loss_span_0", "loss_giou_0", "loss_label_0"]
+LOSS_TERMS = [
+    "loss_span", "loss_giou", "loss_label", "loss_align", "loss_sim", "loss_saliency",
+    "loss_span_0", "loss_giou_0", "loss_label_0",
+]
 
 
 def official_model(trajectory_dir) -> LDDetrModel:
@@ -107,7 +114,9 @@ def test_replay_runs_every_official_step(replay, expected):
 def test_replay_lr_of_every_step_is_the_official_epoch_cosine(replay, expected):
     _, steps = replay
     for index, (step, official) in enumerate(zip(steps, expected["steps"])):
-        assert step["learning_rate"] == pytest.approx(official["lr"], rel=1e-6), (index, step["learning_rate"], official["lr"])
+        assert step["learning_rate"] == pytest.approx(official["lr"], rel=1e-6), (
+            index, step["learning_rate"], official["lr"]
+        )
 
 
 def test_replay_first_steps_match_every_loss_term_and_the_grad_norm(replay, expected):
@@ -143,7 +152,8 @@ def test_replay_optimizer_is_one_adamw_group_decaying_every_parameter(replay, ex
     assert {id(p) for p in group["params"]} == {id(p) for p in trainable}
     assert group["weight_decay"] == expected["weight_decay"]
     assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
-    assert isinstance(getattr(trainer.optimizer, "optimizer", trainer.optimizer), torch.optim.AdamW)  # accelerate wraps it
+    # accelerate wraps it
+    assert isinstance(getattr(trainer.optimizer, "optimizer", trainer.optimizer), torch.optim.AdamW)
 
 
 def test_step0_gradient_of_every_parameter_matches_official(official_trajectory_dir):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_lddetr.prelu import PReLU, _PReLUFunction
-
+from modeling_lddetr.fused_prelu import _PReLUFunction
+from modeling_lddetr.prelu import PReLU
 from tests.helpers import compile_counting_graphs
 
 
@@ -53,7 +53,9 @@ def test_autocast_runs_in_bf16_like_nn_prelu():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = module(x_in)
         y.backward(grad.to(y.dtype))
-        assert y.dtype == torch.bfloat16 and x_in.grad.dtype == torch.float32 and module.weight.grad.dtype == torch.float32
+        assert (
+            y.dtype == torch.bfloat16 and x_in.grad.dtype == torch.float32 and module.weight.grad.dtype == torch.float32
+        )
         results.append((y.float(), x_in.grad, module.weight.grad))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
@@ -83,7 +85,7 @@ def test_compiles_as_one_graph_with_the_eager_gradients():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_in_place_forward_without_autograd_equals_forward(dtype):
     torch.manual_seed(0)
-    module = PReLU()
+    module = PReLU(inplace=True)
     with torch.no_grad():
         module.weight.fill_(-0.3712)  # not a bf16 number: the in-place path must round it as prelu does
     x = torch.randn(64, 33).to(dtype)
@@ -91,17 +93,17 @@ def test_in_place_forward_without_autograd_equals_forward(dtype):
     expected = module(x.clone().requires_grad_()).detach()
     with torch.no_grad():
         target = x.clone()
-        out = module.forward_(target)
+        out = module(target)
     assert out.data_ptr() == target.data_ptr()  # written in place
     assert torch.equal(out, expected)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        under_autocast = module.forward_(x.float())  # fp32 in, bf16 out: not in place, as forward
+        under_autocast = module(x.float())  # fp32 in, bf16 out: not in place, as forward
     assert under_autocast.dtype == torch.bfloat16
 
 
 def test_in_place_forward_keeps_autograd_working():
-    module = PReLU()
+    module = PReLU(inplace=True)
     x = torch.randn(8, 5, requires_grad=True)
-    y = module.forward_(x)  # grad enabled: the out-of-place forward
+    y = module(x)  # grad enabled: the out-of-place forward
     y.sum().backward()
     assert x.grad is not None and not torch.equal(y, x)

@@ -128,7 +128,10 @@ def test_per_type_normalisation_tef_and_padding():
     assert video.shape == (2, 4, 7) and video.dtype == torch.float32
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     # each feature type (2 then 3 columns) on its own: x / (||x|| + 1e-5); then tef [i / L, (i + 1) / L]
-    expected_a = [[3 / (5 + eps), 4 / (5 + eps), 0, 0, 5 / (5 + eps), 0, 0.5], [0.5, 4 / 6, 1 / (1 + eps), 0, 0, 0.5, 1]]
+    expected_a = [
+        [3 / (5 + eps), 4 / (5 + eps), 0, 0, 5 / (5 + eps), 0, 0.5],
+        [0.5, 4 / 6, 1 / (1 + eps), 0, 0, 0.5, 1],
+    ]
     torch.testing.assert_close(video[0, :2], torch.tensor(expected_a))
     assert video[0, 2:].abs().sum() == 0
     torch.testing.assert_close(video[1, :, -2:], torch.tensor([[0, 0.25], [0.25, 0.5], [0.5, 0.75], [0.75, 1.0]]))
@@ -138,7 +141,11 @@ def test_per_type_normalisation_tef_and_padding():
 
 def test_truncation_and_audio_alignment():
     fe = LDDetrFeatureExtractor(**SMALL, audio_feature_dim=3, max_video_clips=4, max_text_tokens=2)
-    batch = fe([features(6, 10), features(5, 10)], [features(3, 5), features(1, 5)], audio_features=[features(9, 3), features(2, 3)])
+    batch = fe(
+        [features(6, 10), features(5, 10)],
+        [features(3, 5), features(1, 5)],
+        audio_features=[features(9, 3), features(2, 3)],
+    )
     # sample 0: min(video 6, audio 9) = 6, cut to 4; sample 1: min(5, 2) = 2
     assert batch["video_attention_mask"].sum(1).tolist() == [4, 2]
     assert batch["audio_features"].shape == (2, 4, 3 + 2) and batch["video_features"].shape == (2, 4, 10 + 2)
@@ -199,7 +206,10 @@ def test_qvhighlights_label_properties(max_video_clips):
                     assert not set(neg[2:].tolist()) & relevant
                 ranked = sorted(scores[c].item() for c in relevant)
                 if len(relevant) >= 2:  # hard pairs: the two highest and the two lowest scored relevant clips
-                    assert sorted(scores[pos[:2]].tolist()) == ranked[-2:] and sorted(scores[neg[:2]].tolist()) == ranked[:2]
+                    assert (
+                        sorted(scores[pos[:2]].tolist()) == ranked[-2:]
+                        and sorted(scores[neg[:2]].tolist()) == ranked[:2]
+                    )
 
 
 def test_binary_label_properties():
@@ -227,7 +237,10 @@ def test_same_seed_same_labels_other_seed_other_easy_pairs():
     first = labels_of(processor, [30] * 8, [annotation] * 8, seed=3)
     again = labels_of(processor, [30] * 8, [annotation] * 8, generator=np.random.default_rng(3))
     other = labels_of(processor, [30] * 8, [annotation] * 8, seed=4)
-    flat = lambda batch: torch.cat([torch.cat([b["saliency_pos_indices"], b["saliency_neg_indices"]]) for b in batch["labels"]])
+
+    def flat(batch):
+        return torch.cat([torch.cat([b["saliency_pos_indices"], b["saliency_neg_indices"]]) for b in batch["labels"]])
+
     assert torch.equal(flat(first), flat(again)) and not torch.equal(flat(first), flat(other))
     torch.manual_seed(0)
     from_torch = labels_of(processor, [30] * 8, [annotation] * 8)
@@ -290,10 +303,19 @@ GOOD_ANNOTATION = qvh(20, [[2, 6]], [1, 2], [[1, 2, 3], [2, 2, 2]])
         (dict(annotation={**GOOD_ANNOTATION, "relevant_windows": [[6, 6]]}), r"sample 1: relevant window \[6.0, 6.0\]"),
         (dict(annotation={**GOOD_ANNOTATION, "relevant_windows": [[8, 4]]}), r"sample 1: relevant window \[8.0, 4.0\]"),
         (dict(annotation={**GOOD_ANNOTATION, "relevant_windows": [[10, 25]]}), r"sample 1: .*end <= duration \(20\)"),
-        (dict(annotation={**GOOD_ANNOTATION, "relevant_windows": [[-1, 5]]}), r"sample 1: relevant window \[-1.0, 5.0\]"),
+        (
+            dict(annotation={**GOOD_ANNOTATION, "relevant_windows": [[-1, 5]]}),
+            r"sample 1: relevant window \[-1.0, 5.0\]",
+        ),
         (dict(annotation={**GOOD_ANNOTATION, "relevant_windows": [[1, 2, 3]]}), r"sample 1: relevant_windows must be"),
-        (dict(annotation={**GOOD_ANNOTATION, "relevant_clip_ids": [1, -2]}), r"sample 1: relevant_clip_ids must be non-negative"),
-        (dict(annotation={**GOOD_ANNOTATION, "saliency_scores": [[1, 2, 3]]}), r"sample 1: saliency_scores must hold one"),
+        (
+            dict(annotation={**GOOD_ANNOTATION, "relevant_clip_ids": [1, -2]}),
+            r"sample 1: relevant_clip_ids must be non-negative",
+        ),
+        (
+            dict(annotation={**GOOD_ANNOTATION, "saliency_scores": [[1, 2, 3]]}),
+            r"sample 1: saliency_scores must hold one",
+        ),
         (dict(annotation={**GOOD_ANNOTATION, "saliency_scores": None}), r"sample 1: QVHighlights labels need"),
         (dict(annotation={"duration": 20}), r"samples \[1\] have no qvhighlights labels while others do"),
     ],
@@ -309,10 +331,18 @@ def test_bad_sample_raises_naming_it(change, match):
 def test_bad_batch_and_settings():
     processor = small_processor()
     _check_bad(lambda: processor([features(5, 10)] * 2, [features(3, 5)]), r"2 video_features but 1 text_features")
-    _check_bad(lambda: processor([features(5, 10)], [features(3, 5)], annotations=[]), r"1 video_features but 0 annotations")
+    _check_bad(
+        lambda: processor([features(5, 10)], [features(3, 5)], annotations=[]), r"1 video_features but 0 annotations"
+    )
     _check_bad(lambda: processor([], []), r"batch is empty")
-    _check_bad(lambda: processor([features(5, 10)], [features(3, 5)], audio_features=[features(5, 2)]), r"audio_feature_dim is 0")
-    _check_bad(lambda: small_processor(audio_feature_dim=2)([features(5, 10)], [features(3, 5)]), r"audio_features are required")
+    _check_bad(
+        lambda: processor([features(5, 10)], [features(3, 5)], audio_features=[features(5, 2)]),
+        r"audio_feature_dim is 0",
+    )
+    _check_bad(
+        lambda: small_processor(audio_feature_dim=2)([features(5, 10)], [features(3, 5)]),
+        r"audio_features are required",
+    )
     _check_bad(lambda: processor([features(5, 10)], [features(3, 5)], return_tensors="tf"), r"return_tensors")
     _check_bad(lambda: LDDetrFeatureExtractor(saliency_label_type="charades"), r"saliency_label_type must be one of")
     _check_bad(lambda: LDDetrFeatureExtractor(num_saliency_pairs=3), r"even for qvhighlights")
@@ -326,7 +356,9 @@ def test_bad_batch_and_settings():
 def test_post_process_moment_retrieval_by_hand():
     processor = LDDetrProcessor()  # clip_length 2
     logits = torch.tensor([[[-1.0, 1.0], [2.0, 0.0], [0.0, 0.0], [1.0, 1.0]], [[0.0, 0.0]] * 4])
-    spans = torch.tensor([[[0.95, 0.2], [0.5, 0.2], [0.1, 0.3], [0.5, 0.2]], [[0.9, 0.2], [0.5, 1.0], [0.1, 0.1], [0.2, 0.1]]])
+    spans = torch.tensor(
+        [[[0.95, 0.2], [0.5, 0.2], [0.1, 0.3], [0.5, 0.2]], [[0.9, 0.2], [0.5, 1.0], [0.1, 0.1], [0.2, 0.1]]]
+    )
     outputs = {"logits": logits, "pred_spans": spans, "saliency_scores": torch.zeros(2, 3)}
     first, second = processor.post_process_moment_retrieval(outputs, torch.tensor([150.0, 143.0]))
     # softmax[..., 0]: 0.8808, 0.5 (twice: ties keep the query order), 0.1192; seconds: (0.4, 0.6) x 150 = (60, 90);
@@ -360,10 +392,18 @@ def test_post_process_records_and_submission_file(tmp_path):
         saliency_scores=torch.tensor([[0.5, -1.0, 2.0], [1.5, 9.0, 9.0]]),
     )
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    records = processor.post_process(outputs, mask, [100, 20], qids=[np.int64(7), 8], queries=["a", "b"], vids=["v1", "v2"])
+    records = processor.post_process(
+        outputs, mask, [100, 20], qids=[np.int64(7), 8], queries=["a", "b"], vids=["v1", "v2"]
+    )
     assert records == [
         # (0.25, 0.75) x 100 = (25, 75) -> clip grid: 12.5 and 37.5 round half to even -> (24, 76)
-        dict(qid=7, query="a", vid="v1", pred_relevant_windows=[[24.0, 76.0, 0.9526]], pred_saliency_scores=[0.5, -1.0, 2.0]),
+        dict(
+            qid=7,
+            query="a",
+            vid="v1",
+            pred_relevant_windows=[[24.0, 76.0, 0.9526]],
+            pred_saliency_scores=[0.5, -1.0, 2.0],
+        ),
         dict(qid=8, query="b", vid="v2", pred_relevant_windows=[[0.0, 10.0, 0.0474]], pred_saliency_scores=[1.5]),
     ]
     assert processor.post_process_highlight_detection(outputs, mask)[1] == [1.5]
@@ -399,9 +439,16 @@ def test_save_and_load_give_identical_batches(tmp_path):
 
 def test_from_dataset_info():
     info = {
-        "dataset_type": "charades-sta", "video_feature_names": ["slowfast", "clip"], "video_feature_dims": [2304, 512],
-        "text_feature_dim": 512, "audio_feature_dim": 0, "clip_length": 1.0, "max_video_clips": 194,
-        "max_text_tokens": 32, "feature_dtype": "float16", "splits": {"train": 12404},
+        "dataset_type": "charades-sta",
+        "video_feature_names": ["slowfast", "clip"],
+        "video_feature_dims": [2304, 512],
+        "text_feature_dim": 512,
+        "audio_feature_dim": 0,
+        "clip_length": 1.0,
+        "max_video_clips": 194,
+        "max_text_tokens": 32,
+        "feature_dtype": "float16",
+        "splits": {"train": 12404},
     }
     fe = LDDetrProcessor.from_dataset_info(info, max_windows=3).feature_extractor
     assert (fe.saliency_label_type, fe.clip_length, fe.max_video_clips, fe.max_windows) == ("binary", 1.0, 194, 3)
@@ -415,7 +462,8 @@ def test_saved_processor_loads_as_remote_code_without_the_package(tmp_path, monk
     monkeypatch.setattr(LDDetrProcessor, "_auto_class", "AutoProcessor")
     monkeypatch.setattr(LDDetrFeatureExtractor, "_auto_class", "AutoFeatureExtractor")
     small_processor(clip_length=1.0).save_pretrained(tmp_path / "saved")
-    assert {"processing_lddetr.py", "feature_extraction_lddetr.py", "span_ops.py"} <= set(os.listdir(tmp_path / "saved"))
+    saved = set(os.listdir(tmp_path / "saved"))
+    assert {"processing_lddetr.py", "feature_extraction_lddetr.py", "span_ops.py"} <= saved
     script = (
         "import sys, numpy as np\n"
         "from transformers import AutoProcessor\n"
@@ -427,7 +475,12 @@ def test_saved_processor_loads_as_remote_code_without_the_package(tmp_path, monk
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "saved")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, str(tmp_path / "saved")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("(1, 4, 12)")
@@ -442,9 +495,14 @@ def tiny_datasets():
         features=Features({"vid": Value("string"), "video_features": Array2D(shape=(None, 10), dtype="float32")}),
     )
     annotation_columns = {
-        "qid": Value("int64"), "query": Value("string"), "vid": Value("string"), "duration": Value("float64"),
-        "relevant_windows": List(List(Value("float64"))), "relevant_clip_ids": List(Value("int64")),
-        "saliency_scores": List(List(Value("float32"))), "text_features": Array2D(shape=(None, 5), dtype="float32"),
+        "qid": Value("int64"),
+        "query": Value("string"),
+        "vid": Value("string"),
+        "duration": Value("float64"),
+        "relevant_windows": List(List(Value("float64"))),
+        "relevant_clip_ids": List(Value("int64")),
+        "saliency_scores": List(List(Value("float32"))),
+        "text_features": Array2D(shape=(None, 5), dtype="float32"),
     }
     rows = [
         dict(qid=1, query="a", vid="v1", **qvh(10.0, [[2, 6]], [1, 2], [[1, 2, 3], [4, 4, 4]])),
@@ -456,18 +514,28 @@ def tiny_datasets():
     queries = Dataset.from_list(rows, features=Features(annotation_columns))
     # as `load_lddetr_dataset` gives them: feature matrices as float32 numpy arrays, the other columns as Python
     matrices = dict(type="numpy", output_all_columns=True, dtype=np.float32)
-    return queries.with_format(columns=["text_features"], **matrices), videos.with_format(columns=["video_features"], **matrices)
+    return (
+        queries.with_format(columns=["text_features"], **matrices),
+        videos.with_format(columns=["video_features"], **matrices),
+    )
 
 
 def test_collator_joins_videos_and_batches_for_the_model():
     queries, videos = tiny_datasets()
     collator = LDDetrDataCollator(small_processor(max_video_clips=6), videos, seed=0)
     batch = collator([queries[i] for i in range(3)])
-    assert batch["meta"] == {"qid": [1, 2, 3], "vid": ["v1", "v0", "v1"], "query": ["a", "b", "c"], "duration": [10.0, 16.0, 10.0]}
-    assert batch["video_attention_mask"].sum(1).tolist() == [5, 6, 5] and batch["text_attention_mask"].sum(1).tolist() == [2, 3, 4]
+    assert batch["meta"] == {
+        "qid": [1, 2, 3],
+        "vid": ["v1", "v0", "v1"],
+        "query": ["a", "b", "c"],
+        "duration": [10.0, 16.0, 10.0],
+    }
+    assert batch["video_attention_mask"].sum(1).tolist() == [5, 6, 5]
+    assert batch["text_attention_mask"].sum(1).tolist() == [2, 3, 4]
     alone = small_processor(max_video_clips=6)([videos[1]["video_features"]], [queries[0]["text_features"]])
     torch.testing.assert_close(batch["video_features"][0, :5], alone["video_features"][0])
-    assert batch["labels"][1]["spans"].shape == (2, 2) and batch["labels"][0]["saliency_scores"].tolist() == [0, 6, 12, 0, 0]
+    assert batch["labels"][1]["spans"].shape == (2, 2)
+    assert batch["labels"][0]["saliency_scores"].tolist() == [0, 6, 12, 0, 0]
 
     batch.pop("meta")
     model = LDDetrModel(tiny_config(video_feature_dim=12, text_feature_dim=5)).eval()
@@ -478,12 +546,14 @@ def test_collator_joins_videos_and_batches_for_the_model():
     align_special_tokens(model, collator.processor)
 
 
-
 def test_collator_labels_depend_on_the_rows_and_seed_only():
     """What makes resumed training exact: no state carried from batch to batch, nothing drawn from torch's generator."""
     queries, videos = tiny_datasets()
     rows = [queries[i] for i in (1, 2, 0)]
-    pairs = lambda batch: [torch.cat([b["saliency_pos_indices"], b["saliency_neg_indices"]]).tolist() for b in batch["labels"]]
+
+    def pairs(batch):
+        return [torch.cat([b["saliency_pos_indices"], b["saliency_neg_indices"]]).tolist() for b in batch["labels"]]
+
     collator = LDDetrDataCollator(small_processor(), videos, seed=0)
     first = pairs(collator(rows))
     collator([queries[0]])

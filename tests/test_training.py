@@ -21,8 +21,8 @@ from hub_datasets.demo import demo_dataset_path
 from modeling_lddetr import LDDetrModel, LDDetrProcessor
 from modeling_lddetr.collator_lddetr import LDDetrDataCollator
 from training_scripts.train import main as train_main
-from training_scripts.train import train as train_main_metrics
 from training_scripts.train import model_config_for, parse_training_arguments
+from training_scripts.train import train as train_main_metrics
 from training_scripts.trainer import LDDetrTrainer, LDDetrTrainingArguments, epoch_cosine_schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,9 @@ def test_a_few_steps_reduce_the_loss_and_log_every_term(demo, tmp_path):
     after = _fixed_batch_loss(trainer)
     assert after < before * 0.9, (before, after)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert logged and {"loss_span", "loss_giou", "loss_label", "loss_align", "loss_sim", "loss_saliency"} <= set(logged[-1])
+    assert logged and {"loss_span", "loss_giou", "loss_label", "loss_align", "loss_sim", "loss_saliency"} <= set(
+        logged[-1]
+    )
     metrics = trainer.evaluate()
     assert {"eval_MR-full-mAP", "eval_MR-full-R1@0.5", "eval_HL-min-VeryGood-mAP", "eval_loss"} <= set(metrics)
 
@@ -126,7 +128,9 @@ def test_resume_across_an_epoch_boundary_equals_an_uninterrupted_run(demo, tmp_p
 
 def test_epoch_cosine_with_gradient_accumulation_steps_once_per_epoch(demo, tmp_path):
     # 40 rows, batch 8: 5 batches per epoch, 3 optimizer steps of 2 + 2 + 1 batches
-    trainer = _trainer(demo, tmp_path, **OFFICIAL, train_rows=40, num_train_epochs=2, gradient_accumulation_steps=2, logging_steps=1)
+    trainer = _trainer(
+        demo, tmp_path, **OFFICIAL, train_rows=40, num_train_epochs=2, gradient_accumulation_steps=2, logging_steps=1
+    )
     progress = []
     model = trainer.model
     original = model.set_training_progress
@@ -149,15 +153,20 @@ def test_epoch_cosine_with_gradient_accumulation_steps_once_per_epoch(demo, tmp_
 def test_preset_recipe_and_the_options_that_replace_it(demo, tmp_path, options, expected):
     _, queries, videos, info = demo
     args = parse_training_arguments(
-        ["--output_dir", str(tmp_path), "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
-         "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false", "--logging_steps", "1",
-         "--disable_tqdm", "true", *options],
+        [
+            "--output_dir", str(tmp_path), "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
+            "--learning_rate", "1e-3", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end",
+            "false", "--logging_steps", "1", "--disable_tqdm", "true", *options,
+        ],
         "qvhighlights",
     )
     processor = LDDetrProcessor.from_dataset_info(info)
     trainer = LDDetrTrainer(
-        model=LDDetrModel(model_config_for(processor, **TINY_MODEL)), args=args, train_dataset=queries["train"].select(range(16)),
-        data_collator=LDDetrDataCollator(processor, videos), processing_class=processor,
+        model=LDDetrModel(model_config_for(processor, **TINY_MODEL)),
+        args=args,
+        train_dataset=queries["train"].select(range(16)),
+        data_collator=LDDetrDataCollator(processor, videos),
+        processing_class=processor,
     )
     trainer.train()
     rates = _learning_rates(trainer)  # 2 steps per epoch
@@ -221,7 +230,12 @@ def test_the_saved_model_is_described_as_the_best_epoch_when_it_is_loaded_at_the
 
     from training_scripts.train import describe_saved_model
 
-    log = [{"loss": 3.0, "epoch": 1.0}, {"eval_MR-full-mAP": 20.0, "epoch": 1.0}, {"eval_MR-full-mAP": 31.5, "epoch": 2.0}, {"eval_MR-full-mAP": 25.0, "epoch": 3.0}]
+    log = [
+        {"loss": 3.0, "epoch": 1.0},
+        {"eval_MR-full-mAP": 20.0, "epoch": 1.0},
+        {"eval_MR-full-mAP": 31.5, "epoch": 2.0},
+        {"eval_MR-full-mAP": 25.0, "epoch": 3.0},
+    ]
     state = SimpleNamespace(log_history=log, best_metric=31.5, best_model_checkpoint="out/checkpoint-20", epoch=3.0)
     args = SimpleNamespace(load_best_model_at_end=True, metric_for_best_model="MR-full-mAP", num_train_epochs=3)
     assert describe_saved_model(SimpleNamespace(state=state, args=args)) == "epoch 2 of 3, the best by MR-full-mAP"
@@ -233,9 +247,14 @@ def test_the_saved_model_is_described_as_the_best_epoch_when_it_is_loaded_at_the
 def test_ddp_training_on_cpu_keeps_ranks_identical(demo, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(REPO / "tests" / "ddp_train_worker.py"), str(demo[0]), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            str(REPO / "tests" / "ddp_train_worker.py"), str(demo[0]), str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
@@ -243,7 +262,12 @@ def test_ddp_training_on_cpu_keeps_ranks_identical(demo, tmp_path):
         torch.testing.assert_close(rank0[key], rank1[key], atol=1e-6, rtol=0, msg=key)
     assert rank0["distill_align.queue_ptr"].item() == (4 * 2 * 4) % 64  # 4 steps x 2 ranks x batch 4
     # 16 rows over 2 ranks of batch 4: 2 steps per epoch, the cosine moves once, at the epoch boundary
-    assert torch.load(tmp_path / "learning_rates.pt") == [1e-3, 1e-3, _epoch_cosine(1e-3, 1, 2), _epoch_cosine(1e-3, 1, 2)]
+    assert torch.load(tmp_path / "learning_rates.pt") == [
+        1e-3,
+        1e-3,
+        _epoch_cosine(1e-3, 1, 2),
+        _epoch_cosine(1e-3, 1, 2),
+    ]
 
 
 def test_tvsum_domain_selection_keeps_one_domain_and_names_the_others():
@@ -276,17 +300,24 @@ def test_train_command_pushes_only_the_inference_export(demo, tmp_path, monkeypa
     train_main(
         [
             "--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(out), "--max_steps", "1",
-            "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1", "--load_best_model_at_end", "false",
-            "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "org/lddetr-demo", "--hub_private_repo", "true",
+            "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1", "--load_best_model_at_end",
+            "false", "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "org/lddetr-demo",
+            "--hub_private_repo", "true",
         ]
     )
-    assert pushed == [("LDDetrModel", "org/lddetr-demo", True), ("LDDetrProcessor", "org/lddetr-demo", True), ("ModelCard", "org/lddetr-demo", None)]
+    assert pushed == [
+        ("LDDetrModel", "org/lddetr-demo", True),
+        ("LDDetrProcessor", "org/lddetr-demo", True),
+        ("ModelCard", "org/lddetr-demo", None),
+    ]
     assert 'from_pretrained("org/lddetr-demo")' in (out / "README.md").read_text()
     assert (out / "checkpoint-1").is_dir()  # checkpoints are written locally, never pushed
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, metric", [("charades-sta", "eval_MR-full-R1@0.5"), ("tacos", "eval_MR-full-mIoU"), ("tvsum", "eval_mAP")])
+@pytest.mark.parametrize(
+    "name, metric", [("charades-sta", "eval_MR-full-R1@0.5"), ("tacos", "eval_MR-full-mIoU"), ("tvsum", "eval_mAP")]
+)
 def test_train_command_runs_on_every_dataset_kind(name, metric, tmp_path, shared_data_dir):
     from test_hub_datasets import build, output_dir, write_tree
 
@@ -310,11 +341,17 @@ def test_train_command_runs_on_every_dataset_kind(name, metric, tmp_path, shared
 def test_torchrun_on_cpu_trains_one_ddp_job(demo, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(REPO / "training_scripts" / "train.py"), "--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(tmp_path / "run"),
-         "--max_steps", "2", "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "no",
-         "--load_best_model_at_end", "false", "--disable_tqdm", "true", "--log_level", "info"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            str(REPO / "training_scripts" / "train.py"), "--dataset", str(demo[0]), "--preset", "demo", "--output_dir",
+            str(tmp_path / "run"), "--max_steps", "2", "--per_device_train_batch_size", "4", "--eval_strategy", "no",
+            "--save_strategy", "no", "--load_best_model_at_end", "false", "--disable_tqdm", "true", "--log_level",
+            "info",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     # one job over 2 processes: a global batch of 2 x 4 (two separate runs would each report 4)
@@ -327,9 +364,13 @@ def test_torchrun_on_cpu_trains_one_ddp_job(demo, tmp_path):
 def test_evaluating_before_training_does_not_change_the_training(demo, tmp_path):
     def trained_state(*extra):
         out = tmp_path / f"run{len(extra)}"
-        train_main(["--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(out), "--max_steps", "3",
-                    "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
-                    "--load_best_model_at_end", "false", "--disable_tqdm", "true", *extra])
+        train_main(
+            [
+                "--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(out), "--max_steps", "3",
+                "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+                "--load_best_model_at_end", "false", "--disable_tqdm", "true", *extra,
+            ]
+        )
         return LDDetrModel.from_pretrained(out).state_dict()
 
     plain, evaluated_first = trained_state(), trained_state("--evaluate_before_training", "true")
@@ -342,13 +383,20 @@ def test_the_same_command_and_seed_give_identical_weights_and_metrics(demo, tmp_
     def run(name):
         out = tmp_path / name
         result = subprocess.run(
-            ["lddetr-train", "--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(out), "--seed", "7",
-             "--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
-             "--disable_tqdm", "true"],
-            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            [
+                "lddetr-train", "--dataset", str(demo[0]), "--preset", "demo", "--output_dir", str(out), "--seed", "7",
+                "--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end",
+                "false", "--disable_tqdm", "true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         assert result.returncode == 0, result.stderr[-4000:]
-        table = result.stdout[result.stdout.index("metrics of the saved model"):result.stdout.index("saved the trained model")]
+        table = result.stdout[
+            result.stdout.index("metrics of the saved model") : result.stdout.index("saved the trained model")
+        ]
         return table, load_file(out / "model.safetensors")  # the saved weights (a loaded model draws fresh queues)
 
     (first_table, first), (second_table, second) = run("first"), run("second")

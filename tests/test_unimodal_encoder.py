@@ -1,10 +1,13 @@
 """The unimodal encoder's fused input layer (LayerNorm -> dropout -> Linear with the gradients of the Linear and
-the LayerNorm's affine taken as two GEMMs) computes what the plain modules compute, on the same dropout masks."""
+the LayerNorm's affine taken as two GEMMs) computes what the plain modules (kernels="eager") compute, on the same
+dropout masks."""
 
 import pytest
 import torch
 
+from modeling_lddetr.fused_input_layer import fused_input_layer_applies
 from modeling_lddetr.unimodal_encoder import UnimodalEncoder
+from tests.helpers import with_kernels
 
 
 def _encoder(input_dim=50, hidden=16, p=0.5, seed=0):
@@ -17,9 +20,13 @@ def _encoder(input_dim=50, hidden=16, p=0.5, seed=0):
 
 
 def _plain_forward(encoder, features):
-    # the modules one by one, as before the fusion; the masks come from the same Dropout modules
+    # the plain modules one by one, the masks drawn by the fused dropout, as the fused input layer draws its own
     x = encoder.linear1(encoder.dropout1(encoder.norm1(features))).relu()
     return encoder.linear2(encoder.dropout2(encoder.norm2(x)))
+
+
+def _applies(encoder, features):
+    return fused_input_layer_applies(encoder.kernels, encoder.training, encoder.dropout1.p, features)
 
 
 def _output_and_gradients(encoder, forward, features, seed):
@@ -34,7 +41,7 @@ def _output_and_gradients(encoder, forward, features, seed):
 def test_fused_input_layer_equals_the_plain_modules_with_gradients(p):
     encoder = _encoder(p=p)
     features = torch.randn(3, 7, 50)
-    assert encoder._drops_on_the_cpu_in_fp32(features)
+    assert _applies(encoder, features)
     got, got_grads = _output_and_gradients(encoder, encoder, features, seed=5)
     expected, expected_grads = _output_and_gradients(encoder, lambda f: _plain_forward(encoder, f), features, seed=5)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
@@ -78,10 +85,11 @@ def test_inputs_that_need_a_gradient_or_are_not_fp32_cpu_training_take_the_plain
     out = encoder(features)
     (grad,) = torch.autograd.grad(out.sum(), features)  # the fused layer would return no input gradient
     assert grad.shape == features.shape and grad.abs().sum() > 0
-    assert not encoder._drops_on_the_cpu_in_fp32(features.detach().double())
-    assert not encoder.eval()._drops_on_the_cpu_in_fp32(features.detach())
+    assert not _applies(encoder, features.detach().double())
+    assert not _applies(encoder.eval(), features.detach())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not encoder.train()._drops_on_the_cpu_in_fp32(features.detach())
+        assert not _applies(encoder.train(), features.detach())
+    assert not _applies(with_kernels(encoder, "eager"), features.detach())
 
 
 def test_fused_input_layer_matches_float64_gradients():

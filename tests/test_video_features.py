@@ -1,6 +1,8 @@
 """Video decoding into clips, CLIP image/text features, the feature cache: on videos and tiny CLIP models made here."""
 
 import bisect
+import itertools
+import threading
 
 import av
 import numpy as np
@@ -12,9 +14,10 @@ from helpers import constant_rate, write_video
 from processing.cache_dir import CACHE_ENV_VAR, default_cache_dir
 from processing.video import featurizer as video_features
 from processing.video.clip_encoders import ClipImageEncoder, ClipImagePreprocessing, ClipTextEncoder
-from processing.video.feature_cache import FeatureCache
 from processing.video.decoding import VideoClipReader, count_clips
+from processing.video.feature_cache import FeatureCache
 from processing.video.featurizer import CallableClipEncoder, VideoFeaturizer
+from processing.video.prefetch import prefetched
 
 BLUE, RED = (20, 40, 220), (220, 30, 30)
 
@@ -181,8 +184,8 @@ def test_several_frames_per_clip_are_averaged(image_encoder):
 def test_bad_image_encoder_arguments(tiny_clip_dir):
     with pytest.raises(ValueError, match="backend"):
         ClipImageEncoder(tiny_clip_dir, backend="open_clip")
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        ClipImageEncoder(tiny_clip_dir, device="cpu", fp16=True)
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        ClipImageEncoder(tiny_clip_dir, device="cpu", dtype="float16")
 
 
 def test_text_features_are_the_last_hidden_state_of_every_token(tiny_clip_dir):
@@ -304,3 +307,46 @@ def test_videos_encoded_together_get_the_features_of_each_alone(colour_video, im
         assert features.duration == alone.duration and list(features.features) == ["clip", "slowfast"]
         for name in alone.features:
             np.testing.assert_allclose(features.features[name], alone.features[name], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ prefetch
+
+
+def test_prefetched_gives_every_item_in_order_and_the_producers_error_at_its_place():
+    def numbers_then_failure():
+        yield from range(5)
+        raise ValueError("cannot decode x.mp4: broken")
+
+    seen = []
+    with pytest.raises(ValueError, match="cannot decode x.mp4: broken"):
+        for item in prefetched(numbers_then_failure(), depth=2):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
+    assert list(prefetched(iter(range(100)), depth=3)) == list(range(100))
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        list(prefetched([], depth=0))
+
+
+def test_a_consumer_that_stops_early_stops_the_producer_and_closes_its_iterator():
+    closed, produced = [], []
+
+    def endless():
+        try:
+            for number in itertools.count():
+                produced.append(number)
+                yield number
+        finally:
+            closed.append(threading.current_thread().name)
+
+    for item in prefetched(endless(), depth=2):
+        if item == 3:
+            break
+    assert closed == ["lddetr-prefetch"]  # closed in the producer's thread, which opened it
+    assert len(produced) <= 3 + 1 + 2 + 1  # the consumed items, the one in hand, the buffer, one blocked put
+
+
+def test_the_featurizer_stream_equals_decoding_then_encoding(colour_video, image_encoder):
+    featurizer = VideoFeaturizer([image_encoder], clip_length=2.0)
+    streamed = featurizer(colour_video).features["clip"]
+    batched = featurizer.encode([featurizer.decode(colour_video)])[0].features["clip"]
+    np.testing.assert_allclose(streamed, batched, atol=1e-5)

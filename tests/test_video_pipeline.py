@@ -17,9 +17,20 @@ from modeling_lddetr import LDDetrModel, LDDetrOutput
 from modeling_lddetr.feature_extraction_lddetr import LDDetrFeatureExtractor
 from modeling_lddetr.processing_lddetr import LDDetrProcessor
 from processing.inference import predict
-from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE, TASK, ClipFeatureModels, VideoMomentRetrievalPipeline
+from processing.inference.pipeline import (
+    CLIP_FEATURE_MODELS_FILE,
+    TASK,
+    ClipFeatureModels,
+    VideoMomentRetrievalPipeline,
+)
 from processing.inference.plotting import plot_results
-from processing.inference.sliding_windows import ClipWindow, average_saliency, distinct_moments, merge_moments, plan_windows
+from processing.inference.sliding_windows import (
+    ClipWindow,
+    average_saliency,
+    distinct_moments,
+    merge_moments,
+    plan_windows,
+)
 from tests.test_video_features import BLUE, RED
 
 RED_CLIPS = [4, 5]  # red in [8, 12) s: 2-s clips 4 and 5
@@ -79,7 +90,9 @@ def short_window_model_dir(tmp_path_factory, tiny_clip_dir):
 
 @pytest.fixture
 def pipe(model_dir, tmp_path):
-    return pipeline(TASK, model=model_dir, device="cpu", cache_dir=tmp_path / "cache")
+    # fp32: on a CPU with bf16 units "auto" computes in bf16, whose agreement with fp32 test_video_precision checks;
+    # here the by-hand references run in fp32
+    return pipeline(TASK, model=model_dir, device="cpu", cache_dir=tmp_path / "cache", torch_dtype="float32")
 
 
 def check_result(result, query, num_clips=10, duration=20.0, top_k=10, num_queries=6):
@@ -177,7 +190,7 @@ def test_several_queries_share_one_extraction_and_the_cache_serves_later_calls(p
 
 
 def test_long_video_runs_in_windows_that_cover_it(short_window_model_dir, video, monkeypatch):
-    pipe = pipeline(TASK, model=short_window_model_dir, device="cpu", use_cache=False)
+    pipe = pipeline(TASK, model=short_window_model_dir, device="cpu", use_cache=False, torch_dtype="float32")
     assert pipe.max_window_clips == 4
     seen = []
     forward = pipe.model.forward
@@ -224,7 +237,7 @@ def redness_model(red: torch.Tensor, blue: torch.Tensor):
 
 
 def test_windowed_predictions_map_back_to_seconds_of_the_whole_video(model_dir, video, monkeypatch):
-    pipe = pipeline(TASK, model=model_dir, device="cpu", use_cache=False)
+    pipe = pipeline(TASK, model=model_dir, device="cpu", use_cache=False, torch_dtype="float32")
     encoder = pipe.video_featurizer.encoders[0]
     solid_frames = np.stack([np.full((64, 64, 3), colour, np.uint8) for colour in (RED, BLUE)])
     red, blue = F.normalize(encoder.encode_frames(solid_frames), dim=-1)
@@ -239,6 +252,7 @@ def test_windowed_predictions_map_back_to_seconds_of_the_whole_video(model_dir, 
         text_encoder=pipe.text_encoder,
         window_overlap=0.4,
         device="cpu",
+        torch_dtype="float32",
     )
     result = windowed(video=video, query="a red ball")
 
@@ -338,7 +352,7 @@ def test_mismatched_processor_or_clip_model_is_refused(tiny_clip_dir, tmp_path):
 
 def test_save_pretrained_round_trips_through_pipeline(pipe, video, tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
-    again = pipeline(TASK, model=str(tmp_path / "saved"), device="cpu", use_cache=False)
+    again = pipeline(TASK, model=str(tmp_path / "saved"), device="cpu", use_cache=False, torch_dtype="float32")
     assert again.clip_feature_models == pipe.clip_feature_models
     expected, actual = pipe(video=video, query="a red ball"), again(video=video, query="a red ball")
     np.testing.assert_allclose(moment_rows(actual), moment_rows(expected), atol=2e-4)

@@ -84,7 +84,9 @@ CONSTANT_RATES = {
 
 @pytest.mark.parametrize("name", sorted(CONSTANT_RATES))
 @pytest.mark.parametrize("clip_length, frames_per_clip", [(2.0, 1), (1.0, 1), (2.0, 2)])
-def test_sampled_frames_are_ffmpeg_fps_filter_frames_at_constant_rates(ffmpeg, tmp_path, name, clip_length, frames_per_clip):
+def test_sampled_frames_are_ffmpeg_fps_filter_frames_at_constant_rates(
+    ffmpeg, tmp_path, name, clip_length, frames_per_clip
+):
     rate, seconds = CONSTANT_RATES[name]
     count = round(seconds * rate)
     path = write_numbered_video(tmp_path / f"{name}.mp4", range(count), 1 / rate, rate)

@@ -6,7 +6,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 
-TASK = "video-moment-retrieval"
+from processing.inference.pipeline import TASK
 
 
 def model_card(
@@ -26,7 +26,9 @@ def model_card(
     metrics of the saved model (names without prefix); which_model: which epoch's model it is."""
     is_hub_id = dataset is not None and not Path(dataset).exists()
     dataset_name = dataset if dataset is not None else "qvhighlights-demo"
-    features = " + ".join(f"{name} ({dim})" for name, dim in zip(info["video_feature_names"], info["video_feature_dims"]))
+    features = " + ".join(
+        f"{name} ({dim})" for name, dim in zip(info["video_feature_names"], info["video_feature_dims"])
+    )
     data = ModelCardData(
         library_name="transformers",
         tags=["ld-detr", TASK, "highlight-detection", "video-text", info["dataset_type"]],
@@ -35,14 +37,21 @@ def model_card(
         model_name=model_id,
         eval_results=[
             EvalResult(
-                task_type=TASK, task_name="Video moment retrieval and highlight detection", dataset_type=dataset_name,
-                dataset_name=dataset_name, dataset_split=eval_split, metric_type=name, metric_name=name, metric_value=value,
+                task_type=TASK,
+                task_name="Video moment retrieval and highlight detection",
+                dataset_type=dataset_name,
+                dataset_name=dataset_name,
+                dataset_split=eval_split,
+                metric_type=name,
+                metric_name=name,
+                metric_value=value,
             )
             for name, value in sorted(metrics.items())
         ],
     )
     demo_warning = (
-        "\n> Trained on the embedded demo data of the `lddetr` package: real QVHighlights annotations with **synthetic**\n"
+        "\n> Trained on the embedded demo data of the `lddetr` package: real QVHighlights annotations with "
+        "**synthetic**\n"
         "> features. The model knows nothing about real videos; its metrics only show that the pipeline learns.\n"
         if dataset is None
         else ""
@@ -53,9 +62,14 @@ def model_card(
     schedule = (
         "cosine annealed once per epoch (the official CosineAnnealingLR(T_max=epochs))"
         if args.anneals_per_epoch
-        else f"transformers' `{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}` schedule per optimizer step, {args.warmup_steps:g} warm-up"
+        else f"transformers' `{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}` schedule per "
+        f"optimizer step, {args.warmup_steps:g} warm-up"
     )
-    decay = "every trainable parameter (one group)" if args.weight_decay_all_parameters else "transformers' grouping (no decay of biases and norm weights)"
+    decay = (
+        "every trainable parameter (one group)"
+        if args.weight_decay_all_parameters
+        else "transformers' grouping (no decay of biases and norm weights)"
+    )
     text = f"""---
 {data.to_yaml()}
 ---
@@ -71,13 +85,16 @@ loop decoder whose output is fed back as its next queries.
 ## Data
 
 - dataset: `{dataset_name}` ({info["dataset_type"]}), trained on `train`, evaluated on `{eval_split}`
-- video features per {info["clip_length"]:g}-s clip: {features}, plus 2 temporal-endpoint columns; text: token features ({info["text_feature_dim"]})
+- video features per {info["clip_length"]:g}-s clip: {features}, plus 2 temporal-endpoint columns; \
+text: token features ({info["text_feature_dim"]})
 - at most {info["max_video_clips"]} clips per video and {info["max_text_tokens"]} tokens per query
 
 ## Training recipe
 
-`{command}`: preset `{preset}` and the options given, that is AdamW, lr {args.learning_rate:g}, weight decay {args.weight_decay:g} on {decay}; {schedule};
-{args.num_train_epochs:g} epochs of batch {args.per_device_train_batch_size} per device; gradient clipping {args.max_grad_norm:g};
+`{command}`: preset `{preset}` and the options given, that is AdamW, lr {args.learning_rate:g}, \
+weight decay {args.weight_decay:g} on {decay}; {schedule};
+{args.num_train_epochs:g} epochs of batch {args.per_device_train_batch_size} per device; \
+gradient clipping {args.max_grad_norm:g};
 the distillation coefficient warmed up over the first epoch; seed {args.seed}.
 
 ## Results
@@ -108,7 +125,8 @@ import processing.inference.pipeline  # registers the task with transformers
 from transformers import pipeline
 
 pipe = pipeline("{TASK}", model="{model_id}")
-pipe(video="my_video.mp4", query="a man throws a ball", top_k=5)  # {{"moments": [{{"start", "end", "score"}}, ...], "saliency": [...]}}
+pipe(video="my_video.mp4", query="a man throws a ball", top_k=5)  \
+# {{"moments": [{{"start", "end", "score"}}, ...], "saliency": [...]}}
 ```
 
 or `lddetr-predict --model {model_id} --video my_video.mp4 --query "a man throws a ball"`.

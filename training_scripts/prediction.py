@@ -4,7 +4,9 @@ from collections import defaultdict
 
 import torch
 
-GROUND_TRUTH_COLUMNS = ("qid", "query", "vid", "duration", "relevant_windows", "relevant_clip_ids", "saliency_scores", "domain", "label")
+GROUND_TRUTH_COLUMNS = (
+    "qid", "query", "vid", "duration", "relevant_windows", "relevant_clip_ids", "saliency_scores", "domain", "label",
+)
 
 
 def _to_device(value, device):

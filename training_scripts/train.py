@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from huggingface_hub import HfApi
 from transformers import HfArgumentParser, set_seed
 
@@ -27,6 +28,14 @@ from hub_datasets.hub import dataset_file
 from modeling_lddetr import LDDetrConfig, LDDetrModel, LDDetrProcessor
 from modeling_lddetr.collator_lddetr import LDDetrDataCollator
 from processing.inference.pipeline import CLIP_FEATURE_MODELS_FILE
+from training_scripts.dataset_checks import (
+    DatasetProblem,
+    check_columns,
+    check_labels,
+    check_model_inputs,
+    check_preset,
+    check_splits,
+)
 from training_scripts.metrics_table import format_table
 from training_scripts.model_card import model_card
 from training_scripts.presets import COMMON_TRAINING, PRESETS, preset_for_dataset
@@ -35,15 +44,53 @@ from training_scripts.trainer import LDDetrTrainer, LDDetrTrainingArguments
 
 @dataclass
 class ScriptArguments:
-    dataset: str | None = field(default=None, metadata={"help": "dataset folder or Hub id (default: the embedded demo data)"})
+    dataset: str | None = field(
+        default=None, metadata={"help": "dataset folder or Hub id (default: the embedded demo data)"}
+    )
     preset: str | None = field(default=None, metadata={"help": f"one of {sorted(PRESETS)}; default: from the dataset"})
-    init_from: str | None = field(default=None, metadata={"help": "start from this pretrained LD-DETR folder or Hub id"})
+    init_from: str | None = field(
+        default=None, metadata={"help": "start from this pretrained LD-DETR folder or Hub id"}
+    )
     num_decoder_loops: int | None = field(default=None, metadata={"help": "Loop Decoder passes (paper: 3)"})
     sync_batchnorm: bool = field(default=False, metadata={"help": "synchronise BatchNorm statistics across processes"})
-    domain: str | None = field(default=None, metadata={"help": "TVSum: train and evaluate on this domain (video category) only"})
+    domain: str | None = field(
+        default=None, metadata={"help": "TVSum: train and evaluate on this domain (video category) only"}
+    )
     train_split: str = "train"
-    eval_split: str | None = field(default=None, metadata={"help": "default: validation, or test where there is none (Charades-STA)"})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "default: validation, or test where there is none (Charades-STA)"}
+    )
     evaluate_before_training: bool = field(default=False, metadata={"help": "report the metrics of the initial model"})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "model config fields over the preset's, e.g. 'hidden_dropout=0,attention_dropout=0' "
+            "(not with --init_from)"
+        },
+    )
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """'name=value,name=value' -> {name: value}, each value typed as the LDDetrConfig field it sets."""
+    if not text:
+        return {}
+    defaults = LDDetrConfig()
+    overrides = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not hasattr(defaults, name):
+            raise SystemExit(
+                f"lddetr-train: error: --config_overrides {item!r}: expected name=value with an LDDetrConfig field"
+            )
+        kind = type(getattr(defaults, name))
+        try:
+            overrides[name] = value.strip().lower() in ("1", "true", "yes") if kind is bool else kind(value.strip())
+        except ValueError:
+            raise SystemExit(
+                f"lddetr-train: error: --config_overrides {item!r}: {value!r} is not a {kind.__name__}"
+            ) from None
+    return overrides
 
 
 def model_config_for(processor: LDDetrProcessor, **overrides) -> LDDetrConfig:
@@ -85,7 +132,11 @@ def parse_training_arguments(remaining: list[str], preset: str) -> LDDetrTrainin
 
 def official_metrics(metrics: dict, prefix: str) -> dict:
     """The official metrics of an evaluation (not the loss terms), without the prefix."""
-    return {k.removeprefix(f"{prefix}_"): v for k, v in metrics.items() if not k.startswith(f"{prefix}_loss") and k != "epoch"}
+    return {
+        k.removeprefix(f"{prefix}_"): v
+        for k, v in metrics.items()
+        if not k.startswith(f"{prefix}_loss") and k != "epoch"
+    }
 
 
 def print_metrics(trainer: LDDetrTrainer, title: str, metrics: dict, prefix: str) -> None:
@@ -98,7 +149,11 @@ def describe_saved_model(trainer: LDDetrTrainer) -> str:
     """Which epoch's model training ends with: the best by metric_for_best_model when it is loaded at the end."""
     state, args = trainer.state, trainer.args
     if args.load_best_model_at_end and state.best_model_checkpoint:
-        key = args.metric_for_best_model if args.metric_for_best_model.startswith("eval_") else f"eval_{args.metric_for_best_model}"
+        key = (
+            args.metric_for_best_model
+            if args.metric_for_best_model.startswith("eval_")
+            else f"eval_{args.metric_for_best_model}"
+        )
         best_epoch = next(entry["epoch"] for entry in state.log_history if entry.get(key) == state.best_metric)
         return f"epoch {best_epoch:g} of {args.num_train_epochs:g}, the best by {args.metric_for_best_model}"
     return f"the last model, epoch {round(state.epoch or 0, 2):g}"
@@ -107,8 +162,33 @@ def describe_saved_model(trainer: LDDetrTrainer) -> str:
 def main(argv: list[str] | None = None) -> None:
     try:
         train(argv)
-    except (FileNotFoundError, NotADirectoryError) as error:  # e.g. a mistyped --dataset folder
+    # a mistyped --dataset folder, or a dataset that training cannot use (dataset_checks.py): one line
+    except (FileNotFoundError, NotADirectoryError, DatasetProblem) as error:
         raise SystemExit(f"lddetr-train: error: {error}") from None
+
+
+def load_dataset_for_training(dataset_path: str, name: str):
+    """(queries, videos, info, processor) of a dataset, a malformed folder or info as a DatasetProblem."""
+    # the parquet shards load in seconds: without datasets' "Generating split" bars, a problem is the one line
+    bars_were_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        queries, videos, info = load_lddetr_dataset(dataset_path)
+        processor = LDDetrProcessor.from_dataset_info(info)
+    except (KeyError, ValueError) as error:
+        raise DatasetProblem(f"{name}: {error}: rebuild it with lddetr-build-dataset") from None
+    finally:
+        if not bars_were_disabled:
+            enable_progress_bars()
+    return queries, videos, info, processor
+
+
+def check_dataset(name: str, queries, videos, info: dict, processor: LDDetrProcessor, splits: dict[str, str]) -> None:
+    """The columns and labels of both splits (dataset_checks.py), before any time is spent on a model."""
+    scheme = processor.feature_extractor.saliency_label_type
+    for split in dict.fromkeys(splits.values()):
+        check_columns(name, split, queries[split], videos, info, scheme)
+        check_labels(name, split, queries[split], processor)
 
 
 def train(argv: list[str] | None = None) -> dict:
@@ -116,28 +196,32 @@ def train(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     script_args, remaining = HfArgumentParser(ScriptArguments).parse_known_args(argv)
     dataset_path = script_args.dataset or str(demo_dataset_path())
-    queries, videos, info = load_lddetr_dataset(dataset_path)
-    preset = script_args.preset or ("demo" if script_args.dataset is None else preset_for_dataset(info["dataset_type"]))
+    name = f"dataset {script_args.dataset}" if script_args.dataset else "the demo dataset"
+    queries, videos, info, processor = load_dataset_for_training(dataset_path, name)
+    default_preset = "demo" if script_args.dataset is None else preset_for_dataset(info["dataset_type"])
+    preset = script_args.preset or default_preset
     if preset not in PRESETS:
         raise SystemExit(f"unknown --preset {preset!r}; choose from {sorted(PRESETS)}")
+    check_preset(name, processor.feature_extractor.saliency_label_type, preset, default_preset)
     training_args = parse_training_arguments(remaining, preset)
     set_seed(training_args.seed)
     eval_split = script_args.eval_split or ("validation" if "validation" in queries else "test")
-    for split in (script_args.train_split, eval_split):
-        if split not in queries:
-            raise SystemExit(f"{dataset_path} has no split {split!r}; it has {sorted(queries)}")
+    splits = {"--train_split": script_args.train_split, "--eval_split": eval_split}
+    check_splits(name, queries, splits)
     if script_args.domain is not None:
         queries = select_domain(queries, script_args.domain)
+    check_dataset(name, queries, videos, info, processor, splits)
 
     # the Trainer would push every checkpoint (queues included); the final export is pushed below instead
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
-    processor = LDDetrProcessor.from_dataset_info(info)
     overrides = dict(PRESETS[preset]["model"], sync_batchnorm=script_args.sync_batchnorm)
     if script_args.num_decoder_loops is not None:
         overrides["num_decoder_loops"] = script_args.num_decoder_loops
+    overrides.update(parse_config_overrides(script_args.config_overrides))
     if script_args.init_from:
         model = LDDetrModel.from_pretrained(script_args.init_from)
+        check_model_inputs(name, model.config, processor, script_args.init_from)
     else:
         model = LDDetrModel(model_config_for(processor, **overrides))
 
@@ -171,8 +255,15 @@ def train(argv: list[str] | None = None) -> dict:
             shutil.copyfile(clip_models, Path(training_args.output_dir) / CLIP_FEATURE_MODELS_FILE)
         repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
         card = model_card(
-            model_id=repo_id if push_to_hub else training_args.output_dir, dataset=script_args.dataset, info=info, preset=preset,
-            arguments=argv, training_args=training_args, metrics=official_metrics(metrics, "eval"), which_model=which_model, eval_split=eval_split,
+            model_id=repo_id if push_to_hub else training_args.output_dir,
+            dataset=script_args.dataset,
+            info=info,
+            preset=preset,
+            arguments=argv,
+            training_args=training_args,
+            metrics=official_metrics(metrics, "eval"),
+            which_model=which_model,
+            eval_split=eval_split,
         )
         card.save(Path(training_args.output_dir) / "README.md")
         if push_to_hub:

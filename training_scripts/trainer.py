@@ -88,13 +88,18 @@ class LDDetrTrainer(Trainer):
         if self.optimizer is None and getattr(self.args, "weight_decay_all_parameters", False):
             opt_model = self.model if model is None else model
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            group = {"params": [p for p in opt_model.parameters() if p.requires_grad], "weight_decay": self.args.weight_decay}
+            group = {
+                "params": [p for p in opt_model.parameters() if p.requires_grad],
+                "weight_decay": self.args.weight_decay,
+            }
             self.optimizer = optimizer_cls([group], **optimizer_kwargs)
         return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and getattr(self.args, "anneals_per_epoch", False):
-            self.lr_scheduler = epoch_cosine_schedule(optimizer or self.optimizer, self._update_steps_per_epoch, self._num_epochs)
+            self.lr_scheduler = epoch_cosine_schedule(
+                optimizer or self.optimizer, self._update_steps_per_epoch, self._num_epochs
+            )
             self._created_lr_scheduler = True
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
@@ -135,9 +140,13 @@ class LDDetrTrainer(Trainer):
         records = gather_object(records)
         # even batches across processes repeat a few samples: keep one record per query
         records = list({record["qid"]: record for record in records}.values())
-        metrics = evaluate_submission(records, ground_truth_records(dataset), self.dataset_type, clip_length=self.clip_length)
+        metrics = evaluate_submission(
+            records, ground_truth_records(dataset), self.dataset_type, clip_length=self.clip_length
+        )
         for name, value in losses.items():
-            metrics[name] = self.accelerator.reduce(torch.tensor(value, device=self.args.device), reduction="mean").item()
+            metrics[name] = self.accelerator.reduce(
+                torch.tensor(value, device=self.args.device), reduction="mean"
+            ).item()
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
         metrics["epoch"] = self.state.epoch
         self.log(metrics)

@@ -38,6 +38,8 @@ Per-domain values sit under `per-domain` when the ground truth has a `domain` fi
 Deliberate differences from the official code, none of which changes a valid QVHighlights evaluation:
 - a malformed submission raises ValueError naming the query instead of failing an assert or yielding NaN; so does
   a ground-truth query without windows (the official R1 code fails on it with an IndexError);
+- the HL metrics score the ground-truth queries that have `relevant_clip_ids` or `saliency_scores`, and are left out
+  when none has: annotations of one's own videos often have windows only (`relevant_windows`), or a mix;
 - a bucket with no query gets zeros under the same keys as a filled one (the official code writes float keys);
 - an IoU whose union is 0 (two zero-length windows) is 0, not NaN;
 - TVSum values are percentages like the others (the official code logs a fraction rounded to 5 decimals).
@@ -53,6 +55,7 @@ import torch
 
 from modeling_lddetr.dataset_types import dataset_type as registered_dataset_type
 from modeling_lddetr.span_ops import evaluator_paired_temporal_iou, evaluator_temporal_iou
+
 
 def _rounded_thresholds(start: float, stop: float, num: int) -> tuple[float, ...]:
     # the official code rounds linspace values to 2 decimals and keys results by str(threshold): "0.5", "0.55", ...
@@ -128,6 +131,11 @@ def _present(record: dict, key: str) -> bool:
     return record.get(key) is not None
 
 
+def _has_clip_scores(reference: dict) -> bool:
+    """Ground truth with QVHighlights' per-clip annotator scores, which highlight detection needs."""
+    return _present(reference, "relevant_clip_ids") or _present(reference, "saliency_scores")
+
+
 def _field_in_all_or_none(records: list[dict], key: str) -> bool:
     present = [_present(record, key) for record in records]
     if any(present) and not all(present):
@@ -185,7 +193,9 @@ def _stack_padded(arrays: list[np.ndarray], fill: float) -> tuple[np.ndarray, np
 
 def _cross_iou(windows: np.ndarray, others: np.ndarray) -> np.ndarray:
     """IoU of (..., N, 2) against (..., M, 2) windows -> (..., N, M), the official cross IoU."""
-    return evaluator_temporal_iou(torch.from_numpy(windows)[..., :, None, :], torch.from_numpy(others)[..., None, :, :]).numpy()
+    return evaluator_temporal_iou(
+        torch.from_numpy(windows)[..., :, None, :], torch.from_numpy(others)[..., None, :, :]
+    ).numpy()
 
 
 def _interpolated_average_precision(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
@@ -421,8 +431,13 @@ def eval_qvhighlights(submission, ground_truth, match_number: bool = True, clip_
             "MR-full-R1@0.7": moments["full"]["MR-R1"]["0.7"],
         }
         brief.update(sorted(moment_brief.items()))
-    if has_saliency:
-        highlights = eval_highlight_detection(qids, predictions, references, clip_length)
+    # highlight detection scores the queries with annotator scores: none in windows-only ground truth, some in a
+    # dataset of both forms ("mixed" saliency labels)
+    scored = [i for i, reference in enumerate(references) if _has_clip_scores(reference)]
+    if has_saliency and scored:
+        highlights = eval_highlight_detection(
+            [qids[i] for i in scored], [predictions[i] for i in scored], [references[i] for i in scored], clip_length
+        )
         details.update(highlights)
         for level, values in highlights.items():
             brief[f"{level}-mAP"] = values["HL-mAP"]

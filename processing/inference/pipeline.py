@@ -22,10 +22,18 @@ is cut into windows of exactly that many clips overlapping by `window_overlap` (
 half); the moments of all windows are mapped back to seconds of the whole video and merged by temporal NMS (at
 `nms_threshold`, or 0.7 when none is given, since overlapping windows find the same moment twice), and the saliency of
 a clip is averaged over the windows that contain it. A video that fits is one window, exactly as in training.
+
+Precision (`torch_dtype=`, or transformers' `dtype=`): "auto" (the default) computes in bf16 where the CPU or GPU
+has bf16 units and in fp32 elsewhere (`processing.video.precision`); "float32", "bfloat16" or "float16" (CUDA)
+force one. CLIP (image and text) runs with its weights in that dtype; LD-DETR keeps fp32 weights and runs under
+autocast to it, as in bf16 training (its anchors and sine encodings stay fp32; a dtype named to `pipeline()` also
+makes transformers load the weights in it, so they come back to fp32 rounded to it). Cached video features are keyed
+on the dtype they were computed in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -41,8 +49,9 @@ from transformers.utils import cached_file
 from modeling_lddetr import LDDetrFeatureExtractor, LDDetrModel, LDDetrProcessor
 
 from ..video.clip_encoders import DEFAULT_CLIP_MODEL, IMAGE_BACKENDS, ClipTextEncoder
-from .sliding_windows import average_saliency, merge_moments, plan_windows
 from ..video.featurizer import ClipEncoder, VideoFeaturizer
+from ..video.precision import resolve_dtype
+from .sliding_windows import average_saliency, merge_moments, plan_windows
 
 TASK = "video-moment-retrieval"
 CLIP_FEATURE_MODELS_FILE = "clip_feature_models.json"
@@ -101,6 +110,8 @@ class VideoMomentRetrievalPipeline(Pipeline):
             (default $LDDETR_CACHE, else ~/.cache/lddetr), so that a video is decoded once across calls.
         window_overlap: overlap of consecutive windows on long videos, as a fraction of a window, in [0, 1).
         windows_per_batch: (query, window) pairs per model forward.
+        torch_dtype: "auto" (default: bf16 where the hardware has bf16 units, else fp32), "float32", "bfloat16",
+            "float16" (CUDA only) or a torch dtype: what CLIP and LD-DETR compute in (see the module docstring).
     """
 
     _load_processor = True
@@ -123,8 +134,11 @@ class VideoMomentRetrievalPipeline(Pipeline):
         use_cache: bool = True,
         window_overlap: float = 0.5,
         windows_per_batch: int = 32,
+        torch_dtype: str | torch.dtype | None = None,
         **kwargs,
     ):
+        # pipeline() passes its `dtype` (default "auto") on; either spelling means the same here
+        requested_dtype = torch_dtype if torch_dtype is not None else kwargs.pop("dtype", None)
         super().__init__(*args, **kwargs)
         if not isinstance(self.processor, LDDetrProcessor):
             raise ValueError(
@@ -136,6 +150,9 @@ class VideoMomentRetrievalPipeline(Pipeline):
         if windows_per_batch < 1:
             raise ValueError(f"windows_per_batch must be >= 1, got {windows_per_batch}")
         self.model.eval()  # a model in training mode would update its momentum encoders and queues on every call
+        self.compute_dtype = resolve_dtype(requested_dtype, self.device)
+        # LD-DETR's fp32 parts (anchors, sine encodings) need fp32 weights: autocast, not a cast, gives it the dtype
+        self.model.float()
         self.window_overlap = window_overlap
         self.windows_per_batch = windows_per_batch
         settings = self.processor.feature_extractor
@@ -158,12 +175,13 @@ class VideoMomentRetrievalPipeline(Pipeline):
                 clip_length=settings.clip_length,
                 frames_per_clip=models.frames_per_clip,
                 device=self.device,
+                dtype=self.compute_dtype,
                 cache_dir=cache_dir,
                 use_cache=use_cache,
                 slowfast=slowfast,
             )
         if text_encoder is None:
-            text_encoder = ClipTextEncoder(models.text_model, device=self.device)
+            text_encoder = ClipTextEncoder(models.text_model, device=self.device, dtype=self.compute_dtype)
         self.video_featurizer = video_featurizer
         self.text_encoder = text_encoder
         self._check_encoders_fit_processor(settings)
@@ -278,7 +296,8 @@ class VideoMomentRetrievalPipeline(Pipeline):
                 text_features=[text for text, _ in chunk],
                 return_tensors="pt",
             )
-            result = self.model(**{name: self._on_model(tensor) for name, tensor in batch.items()})
+            with self._autocast():
+                result = self.model(**{name: self._on_model(tensor) for name, tensor in batch.items()})
             for name in ("logits", "pred_spans", "saliency_scores"):
                 outputs[name].append(getattr(result, name).float())
             outputs["video_attention_mask"].append(batch["video_attention_mask"])
@@ -291,6 +310,11 @@ class VideoMomentRetrievalPipeline(Pipeline):
         if tensor.is_floating_point():
             return tensor.to(self.device, dtype=self.model.dtype)
         return tensor.to(self.device)
+
+    def _autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def postprocess(
         self, model_outputs: dict, top_k: int = DEFAULT_TOP_K, nms_threshold: float | None = None
@@ -325,7 +349,8 @@ class VideoMomentRetrievalPipeline(Pipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save the model, its processor and the CLIP model names, so that `pipeline(TASK, model=folder)` rebuilds
-        this pipeline (a ready-made featurizer or text encoder passed as an argument cannot be named, and must be passed again)."""
+        this pipeline (a ready-made featurizer or text encoder passed as an argument cannot be named, and must be
+        passed again)."""
         os.makedirs(save_directory, exist_ok=True)
         self.model.save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)

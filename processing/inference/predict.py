@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
-from hub_datasets.hub import require_folder_or_hub_id
-
+from ..hub_ids import require_folder_or_hub_id
 from ..video.clip_encoders import resolve_device
+from ..video.precision import DTYPE_CHOICES
 from .pipeline import TASK
 from .plotting import plot_results
 
@@ -37,9 +37,16 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "else openai/clip-vit-base-patch32)"
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto",
+        help="what CLIP and LD-DETR compute in (default: auto, bf16 where the CPU or GPU has bf16 units, else float32)",
+    )
     parser.add_argument("--top-k", type=int, default=10, help="moments per query (default 10)")
     parser.add_argument("--nms-threshold", type=float, help="IoU above which a worse overlapping moment is dropped")
-    parser.add_argument("--cache-dir", help="lddetr cache folder; video features go under its features/ (default $LDDETR_CACHE or ~/.cache/lddetr)")
+    parser.add_argument(
+        "--cache-dir",
+        help="lddetr cache folder; video features go under its features/ (default $LDDETR_CACHE or ~/.cache/lddetr)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="do not cache video features")
     return parser.parse_args(argv)
 
@@ -82,6 +89,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
             clip_model=args.clip_model,
             cache_dir=args.cache_dir,
             use_cache=not args.no_cache,
+            torch_dtype=args.dtype,
         )
         results = pipe(
             video=args.video, query=args.query, top_k=args.top_k, nms_threshold=args.nms_threshold, progress=True

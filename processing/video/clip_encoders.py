@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, CLIPVisionModelWithProjection
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from .precision import resolve_dtype
+
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_TIMM_CLIP_MODEL = "timm/vit_base_patch32_clip_224.openai"
 IMAGE_BACKENDS = ("transformers", "timm")
@@ -35,12 +37,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _resolve_dtype(fp16: bool, device: torch.device) -> torch.dtype:
-    if fp16 and device.type != "cuda":
-        raise ValueError(f"fp16 needs a CUDA device, got device {device}")
-    return torch.float16 if fp16 else torch.float32
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -156,7 +152,9 @@ class ClipImageEncoder:
         frames_per_clip: frames sampled per clip (1, at the clip centre, as the official features).
         batch_size: frames per forward pass.
         device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
-        fp16: run the model in half precision (CUDA only).
+        dtype: what the model computes in: "float32" (default), "bfloat16", "float16" (CUDA only), "auto"
+            (bf16 where the CPU or GPU has bf16 units, see `precision.py`), or a torch dtype. The weights are cast to
+            it; the features come back in fp32.
         revision: Hub revision (transformers backend).
     """
 
@@ -169,7 +167,7 @@ class ClipImageEncoder:
         frames_per_clip: int = 1,
         batch_size: int = 64,
         device: str | torch.device = "auto",
-        fp16: bool = False,
+        dtype: str | torch.dtype = "float32",
         revision: str | None = None,
     ):
         if backend not in IMAGE_BACKENDS:
@@ -179,7 +177,7 @@ class ClipImageEncoder:
         if revision is not None and backend == "timm":
             raise ValueError("revision is for the transformers backend; with timm, put it in the id: hf-hub:org/x@rev")
         self.device = resolve_device(device)
-        self.dtype = _resolve_dtype(fp16, self.device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.frames_per_clip = frames_per_clip
         self.batch_size = batch_size
         if backend == "transformers":
@@ -227,12 +225,12 @@ class ClipTextEncoder:
         self,
         model_name_or_path: str = DEFAULT_CLIP_MODEL,
         device: str | torch.device = "auto",
-        fp16: bool = False,
+        dtype: str | torch.dtype = "float32",
         revision: str | None = None,
         batch_size: int = 64,
     ):
         self.device = resolve_device(device)
-        self.dtype = _resolve_dtype(fp16, self.device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, revision=revision)
         model = CLIPTextModel.from_pretrained(model_name_or_path, revision=revision)

@@ -131,29 +131,31 @@ class VideoClipReader:
             for time, k, slot in self._sample_times(clip_index):
                 yield time, clip_index, k, slot
 
-    def _timed_frames(self, container) -> Iterator[tuple[av.VideoFrame, Fraction, Fraction | None]]:
-        """(frame, exact seconds since the first frame, seconds the frame stays on screen if known), in time order."""
+    def _timed_frames(self, container, ticks_per_second: int) -> Iterator[tuple[av.VideoFrame, int, int | None]]:
+        """(frame, ticks since the first frame, ticks the frame stays on screen if known), in time order.
+
+        A tick is 1 / ticks_per_second s, a whole fraction of the stream's time base and of its nominal frame period,
+        so that every time here is an exact integer: the loop over frames does integer arithmetic only."""
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        nominal_step = 1 / Fraction(stream.average_rate) if stream.average_rate else None
-        first_time = previous_time = None
+        ticks_per_pts = ticks_per_second * stream.time_base.numerator // stream.time_base.denominator
+        rate = Fraction(stream.average_rate) if stream.average_rate else None
+        nominal_step = ticks_per_second * rate.denominator // rate.numerator if rate else None
+        first_pts = previous = None
         try:
             for frame in container.decode(stream):
-                if frame.pts is not None and frame.time_base is not None:
-                    exact_time = frame.pts * Fraction(frame.time_base)
-                    first_time = exact_time if first_time is None else first_time
-                    time = exact_time - first_time
-                elif previous_time is None:
-                    time = Fraction(0)
+                if frame.pts is not None:
+                    first_pts = frame.pts if first_pts is None else first_pts
+                    ticks = (frame.pts - first_pts) * ticks_per_pts
+                elif previous is None:
+                    ticks = 0
                 elif nominal_step is not None:
-                    time = previous_time + nominal_step  # no pts (some raw streams): assume the nominal frame rate
+                    ticks = previous + nominal_step  # no pts (some raw streams): assume the nominal frame rate
                 else:
                     raise ValueError(f"{self.path} has frames without timestamps and no frame rate")
-                if previous_time is not None and time <= previous_time:
+                if previous is not None and ticks <= previous:
                     continue  # duplicated or out-of-order timestamp: it does not change what is on screen
-                previous_time = time
-                own_step = frame.duration * Fraction(frame.time_base) if frame.duration and frame.time_base else None
-                yield frame, time, own_step or nominal_step
+                previous = ticks
+                yield frame, ticks, frame.duration * ticks_per_pts if frame.duration else nominal_step
         except av.FFmpegError as error:
             raise ValueError(f"cannot decode {self.path}: {error}") from error
 
@@ -162,25 +164,29 @@ class VideoClipReader:
             yield from self._clips(container)
 
     def _clips(self, container) -> Iterator[VideoClip]:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        ticks_per_second = _ticks_per_second(stream)
         collector = _ClipCollector(self.frame_counts)
         samples = self._samples()
         time, clip_index, k, slot = next(samples)
-        last_time = Fraction(0)
-        last_step = None
-        for frame, frame_time, step in self._timed_frames(container):
+        threshold = _ceil_ticks(time, ticks_per_second)
+        last_ticks, last_step = 0, None
+        for frame, ticks, step in self._timed_frames(container, ticks_per_second):
             # every sample up to this frame's time, that time included, takes the frame before it (ffmpeg's rule)
-            while collector.has_frame and time <= frame_time:
+            while collector.has_frame and threshold <= ticks:
                 frames = collector.sample(k, slot)
                 if frames is not None:
                     yield self._make_clip(clip_index, frames)
                 time, clip_index, k, slot = next(samples)
+                threshold = _ceil_ticks(time, ticks_per_second)
             collector.show(frame)
-            last_time, last_step = frame_time, step
+            last_ticks, last_step = ticks, step
         if not collector.has_frame:
             raise ValueError(f"{self.path} contains no video frames")
 
         # the last frame stays on screen for its own duration, or the nominal frame period
-        self._duration = float(last_time + (last_step or 0))
+        self._duration = (last_ticks + (last_step or 0)) / ticks_per_second
         num_clips = count_clips(self._duration, self.clip_length)
         if num_clips == 0:
             raise ValueError(
@@ -200,6 +206,19 @@ class VideoClipReader:
         if self._duration is not None:
             end = min(end, self._duration)
         return VideoClip(index, start, end, frames)
+
+
+def _ticks_per_second(stream) -> int:
+    """The smallest tick rate in which the stream's time base and nominal frame period are whole numbers of ticks."""
+    denominators = [stream.time_base.denominator]
+    if stream.average_rate:
+        denominators.append(Fraction(stream.average_rate).numerator)
+    return math.lcm(*denominators)
+
+
+def _ceil_ticks(time: Fraction, ticks_per_second: int) -> int:
+    """The first whole tick at or after `time`: a frame at `ticks` is at or after `time` iff ticks >= this."""
+    return -(-time.numerator * ticks_per_second // time.denominator)
 
 
 class _ClipCollector:

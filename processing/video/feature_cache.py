@@ -6,9 +6,9 @@ file costs about a second per GB, far less than decoding it, and unlike size + m
 and never serves stale features for a file rewritten in place. Within one cache object the digest of a path is
 remembered while its size and mtime are unchanged, so repeated calls on the same file hash it once.
 
-Entries are `.npz` files under `cache_dir/features/<key[:2]>/<key>.npz`, written to a temporary file in the same folder and
-then renamed, so a reader never sees half an entry and concurrent writers of one key are harmless. An unreadable
-entry counts as a miss and is overwritten.
+Entries are `.npz` files under `cache_dir/features/<key[:2]>/<key>.npz`, written to a temporary file in the same
+folder and then renamed, so a reader never sees half an entry and concurrent writers of one key are harmless. An
+unreadable entry counts as a miss and is overwritten.
 
 `cache_dir` is the lddetr cache folder, by default $LDDETR_CACHE, else ~/.cache/lddetr (`processing/cache_dir.py`).
 """

@@ -11,6 +11,8 @@ as the datasets store them; the processor normalises them.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .clip_encoders import ClipImageEncoder
-from .feature_cache import FeatureCache
 from .decoding import SAMPLING_VERSION, VideoClip, VideoClipReader
+from .feature_cache import FeatureCache
+from .prefetch import prefetched
 
 # Dims of the official feature types, to explain a mismatch with a checkpoint's video_feature_dims.
 KNOWN_FEATURE_DIMS = {2304: "SlowFast", 512: "CLIP ViT-B/32"}
@@ -164,20 +167,21 @@ class VideoFeaturizer:
         frames_per_clip: int = 1,
         batch_size: int = 64,
         device: str | torch.device = "auto",
-        fp16: bool = False,
+        dtype: str | torch.dtype = "float32",
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
         slowfast: ClipEncoder | None = None,
     ) -> VideoFeaturizer:
-        """CLIP image features, preceded by `slowfast` when given (the official [2304, 512] order)."""
+        """CLIP image features, preceded by `slowfast` when given (the official [2304, 512] order); `dtype` is what
+        CLIP computes in (`ClipImageEncoder`), and part of the cache key."""
         clip = ClipImageEncoder(
             model_name_or_path,
             backend=backend,
             frames_per_clip=frames_per_clip,
             batch_size=batch_size,
             device=device,
-            fp16=fp16,
+            dtype=dtype,
             revision=revision,
         )
         encoders = [slowfast, clip] if slowfast is not None else [clip]
@@ -259,20 +263,28 @@ class VideoFeaturizer:
         reader = VideoClipReader(video_path, self.clip_length, [encoder.frames_per_clip for encoder in self.encoders])
         parts: dict[str, list[np.ndarray]] = {encoder.name: [] for encoder in self.encoders}
         step: list[VideoClip] = []
-        clips = tqdm(
-            reader,
-            total=reader.estimated_num_clips,
-            unit="clip",
-            desc=f"features of {os.path.basename(video_path)}",
-            disable=not progress,
-        )
-        for clip in clips:
-            step.append(clip)
-            if len(step) == self._clips_per_step:
+        # equal steps of at most clips_per_step (75 clips: 38 + 37, not 64 + 11): the first step encodes while the
+        # decoding thread goes on with the second, and no step is a small, slow GEMM
+        per_step = self._clips_per_step
+        if reader.estimated_num_clips:
+            per_step = math.ceil(reader.estimated_num_clips / math.ceil(reader.estimated_num_clips / per_step))
+        # the next steps' clips decode in a thread while this step encodes; two steps ahead bounds the memory. Closed
+        # on the way out, so that an encoder error stops the decoding thread and closes the file at once
+        with contextlib.closing(prefetched(reader, depth=2 * per_step)) as decoded:
+            clips = tqdm(
+                decoded,
+                total=reader.estimated_num_clips,
+                unit="clip",
+                desc=f"features of {os.path.basename(video_path)}",
+                disable=not progress,
+            )
+            for clip in clips:
+                step.append(clip)
+                if len(step) == per_step:
+                    self._encode_step(step, parts)
+                    step = []
+            if step:
                 self._encode_step(step, parts)
-                step = []
-        if step:
-            self._encode_step(step, parts)
         features = {name: np.concatenate(chunks).astype(np.float32) for name, chunks in parts.items()}
         return VideoFeatures(features, reader.duration, self.clip_length)
 

@@ -1,7 +1,7 @@
 """`evaluate` wrapper around `processing.evaluation.metrics.compute_metrics` (moment retrieval and highlight detection).
 
-Load it offline from its folder: `evaluate.load("<path>/processing/evaluation/mr_hd_metric")`; the `processing` package must be
-importable (installed, or on PYTHONPATH).
+Load it offline from its folder: `evaluate.load("<path>/processing/evaluation/mr_hd_metric")`; the `processing`
+package must be importable (installed, or on PYTHONPATH).
 
     metric.compute(predictions=submission_records, references=ground_truth_records,
                    dataset_type="qvhighlights", clip_length=2.0, match_number=True)

@@ -1,4 +1,5 @@
-"""The convolutional blocks' two hot ops as autograd Functions on channel-last (B, L, C) tensors.
+"""The fused convolution and BatchNorm of the convolutional blocks: autograd Functions on channel-last (B, L, C)
+tensors.
 
 `masked_conv1d`: Conv1d (kernel 3, padding 1) of x * mask over the flattened (B * L) rows, as three accumulating
 GEMMs (one per tap, on row-shifted views: no im2col copy), and three each for grad-input and grad-weight. The last
@@ -11,7 +12,18 @@ the analytical BatchNorm backward in a few passes, instead of autograd's ~15 ele
 import torch
 import torch.distributed as dist
 
-from .prelu import lower_precision_dtype
+from .fused_prelu import lower_precision_dtype
+
+
+def fused_convolution_applies(kernels: str) -> bool:
+    """Where `masked_conv1d` replaces nn.Conv1d: fused kernels (on every device: it is GEMMs)."""
+    return kernels == "fused"
+
+
+def fused_batch_norm_applies(kernels: str, training: bool) -> bool:
+    """Where `masked_batch_norm` replaces the masked BatchNorm formula: fused kernels, in training (evaluation
+    uses the running statistics, with torch's kernel either way)."""
+    return kernels == "fused" and training
 
 
 def _accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -21,7 +33,9 @@ def _accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
 
 class _MaskedConv1d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         # x (B, L, C_in), mask (B, L, 1), weight (C_out, C_in, 3) -> (B, L, C_out)
         dtype = lower_precision_dtype(x)
         batch, length, in_channels = x.shape
@@ -77,7 +91,9 @@ def _all_reduce_if(sync: bool, tensor: torch.Tensor) -> torch.Tensor:
 
 class _MaskedBatchNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, sync: bool):
+    def forward(
+        ctx, x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, sync: bool
+    ):
         # x (M, C), mask (M,) 1 = valid row -> out (M, C) in fp32 (or fp64), batch mean (C,), unbiased variance (C,)
         stats_dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
@@ -119,6 +135,6 @@ def masked_batch_norm(
     x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, sync: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training-mode BatchNorm of x (M, C) with statistics from the rows where mask (M,) is 1, summed across
-    processes when `sync`. Returns the output (M, C) in fp32 (fp64 for fp64 inputs) and the batch mean and unbiased variance (C,) for the
-    running statistics."""
+    processes when `sync`. Returns the output (M, C) in fp32 (fp64 for fp64 inputs) and the batch mean and
+    unbiased variance (C,) for the running statistics."""
     return _MaskedBatchNorm.apply(x, mask, weight, bias, eps, sync)
