@@ -34,6 +34,10 @@ class V2TExtractor(nn.Module):
         self.token_score_weight = nn.Parameter(torch.empty(d, 1))
         self.clip_token_score_weight = nn.Parameter(torch.empty(1, 1, d))
         self.pool_weight = nn.Parameter(torch.empty(d, 1))
+        # initialised here too, not only by LDDetrPreTrainedModel._init_weights: a fuser built on its own (tests,
+        # other models) would otherwise compute with whatever memory torch.empty returned, NaN included
+        for weight in (self.clip_score_weight, self.token_score_weight, self.clip_token_score_weight, self.pool_weight):
+            nn.init.xavier_uniform_(weight)
         self.context_query_proj = nn.Linear(4 * d, d)
         self.pool_proj = nn.Linear(2 * d, d)
         self.dropout = Dropout(config.context_query_dropout, config.kernels)
@@ -228,16 +232,17 @@ class ConvolutionalFuser(nn.Module):
         return x
 
     def _convolutional_blocks(self, x: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, d) -> (B, L, d) in x's dtype, computed in fp32 with autocast off. BatchNorm subtracts means
-        that can be several standard deviations (up to 7 in a briefly trained tiny model), which magnifies the bf16
-        rounding of the convolutions' outputs as many times: on tests/test_video_precision.py's model this cut the
-        saliency's largest bf16 error by a third (Spearman with fp32 0.989 -> 0.992). The blocks are a small
-        share of the FLOPs."""
+        """x (B, L, d) -> (B, L, d) in x's dtype, computed in fp32 (fp64 for fp64) with autocast off. BatchNorm
+        subtracts means that can be several standard deviations (up to 7 in a briefly trained tiny model), which
+        magnifies the bf16 rounding of the convolutions' outputs as many times: on tests/test_video_precision.py's
+        model this cut the saliency's largest bf16 error by a third (Spearman with fp32 0.989 -> 0.992). The
+        blocks are a small share of the FLOPs."""
         with torch.autocast(x.device.type, enabled=False):
             # one padded row after every video: the convolutions run over the flattened rows, and it keeps each
             # video's taps inside the video
-            conv_mask = F.pad(video_mask.to(torch.float32), (0, 1))[..., None]  # (B, L + 1, 1)
-            h = F.pad(x.float(), (0, 0, 0, 1))  # (B, L + 1, d)
+            dtype = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for an fp64 model
+            conv_mask = F.pad(video_mask.to(dtype), (0, 1))[..., None]  # (B, L + 1, 1)
+            h = F.pad(x.to(dtype), (0, 0, 0, 1))  # (B, L + 1, d)
             for block in self.convolutional_blocks:
                 h = block(h, conv_mask)
         return h[:, : x.shape[1]].to(x.dtype, memory_format=torch.contiguous_format)

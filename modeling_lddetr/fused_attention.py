@@ -28,11 +28,12 @@ def attend(
     """softmax(query keyᵀ / sqrt(E) + bias) value, written out, with the fused dropout on the weights.
 
     query (N, Lq, E), key (N, Lk, E), value (N, Lk, Ev) with N = batch * heads; bias (N, 1, Lk) added to the scores
-    (-inf = masked key) or None -> (N, Lq, Ev). The scale goes on the queries, the softmax runs in fp32.
+    (-inf = masked key) or None -> (N, Lq, Ev). The scale goes on the queries, the softmax runs in fp32 (fp64 for
+    fp64 inputs).
     """
     query = query * query.shape[-1] ** -0.5
     scores = torch.bmm(query, key.transpose(1, 2)) if bias is None else torch.baddbmm(bias, query, key.transpose(1, 2))
-    weights = dropout(scores.float().softmax(-1), dropout_p, training)
+    weights = dropout(scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1), dropout_p, training)
     return torch.bmm(weights.to(value.dtype), value)
 
 
