@@ -273,6 +273,10 @@ def train(argv: list[str] | None = None) -> dict:
                 HfApi().upload_file(path_or_fileobj=clip_models, path_in_repo=CLIP_FEATURE_MODELS_FILE, repo_id=repo_id)
             card.push_to_hub(repo_id)
         print(f"saved the trained model, processor and model card to {training_args.output_dir}")
+    # every process leaves together and closes its process group: a rank that exited while rank 0 was still
+    # saving aborted in the group's teardown ("terminate called without an active exception", seen in CI)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return metrics
 
 
