@@ -34,10 +34,11 @@ class V2TExtractor(nn.Module):
         self.token_score_weight = nn.Parameter(torch.empty(d, 1))
         self.clip_token_score_weight = nn.Parameter(torch.empty(1, 1, d))
         self.pool_weight = nn.Parameter(torch.empty(d, 1))
-        # initialised here too, not only by LDDetrPreTrainedModel._init_weights: a fuser built on its own (tests,
-        # other models) would otherwise compute with whatever memory torch.empty returned, NaN included
+        # zeros until LDDetrPreTrainedModel._init_weights draws their xavier values: a fuser built on its own (a
+        # test, another model) would otherwise compute with whatever torch.empty returned, NaN included. Zeros draw
+        # no random numbers, so a seed builds the same model as before this line existed.
         for weight in (self.clip_score_weight, self.token_score_weight, self.clip_token_score_weight, self.pool_weight):
-            nn.init.xavier_uniform_(weight)
+            nn.init.zeros_(weight)
         self.context_query_proj = nn.Linear(4 * d, d)
         self.pool_proj = nn.Linear(2 * d, d)
         self.dropout = Dropout(config.context_query_dropout, config.kernels)

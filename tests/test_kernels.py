@@ -99,9 +99,9 @@ def _weighted_sum(out: torch.Tensor) -> torch.Tensor:
     return (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum()
 
 
-def _module_cases(dropout: bool, dtype: torch.dtype = torch.float32, seed: int = 0):
+def _module_cases(dropout: bool, dtype: torch.dtype = torch.float32):
     """(name, module, its forward on fixed inputs -> one tensor) for the parts with fused kernels, in `dtype`."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(0)
     batch, clips, tokens, d = 3, 12, 5, TINY_SIZES["hidden_size"]
     video, text = torch.randn(batch, clips, d, generator=generator), torch.randn(batch, tokens, d, generator=generator)
     video_mask = torch.arange(clips)[None] < torch.tensor([12, 7, 9])[:, None]
@@ -110,7 +110,7 @@ def _module_cases(dropout: bool, dtype: torch.dtype = torch.float32, seed: int =
     video_pos = VideoPositionEmbedding(d)(video_mask)
     video, text, features, video_pos = (x.to(dtype) for x in (video, text, features, video_pos))
     config = LDDetrConfig(**TINY_SIZES, **({} if dropout else NO_DROPOUT))
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     unimodal, fuser = UnimodalEncoder(50, d, config.unimodal_dropout), ConvolutionalFuser(config)
     yield "unimodal encoder", unimodal.to(dtype), lambda m: m(features)
     yield "convolutional fuser", fuser.to(dtype), lambda m: m(video, text, video_mask, text_mask, video_pos)
@@ -141,15 +141,12 @@ def _largest_difference(got, expected) -> float:
     return max(((g - e).abs().max() / max(1.0, e.abs().max().item())).item() for g, e in pairs)
 
 
-# fp64: the two paths compute the same formulas, to rounding. fp32: as close as rounding allows. Seed 1 in fp32:
-# seed 0 puts one ReLU input of the fuser's second convolutional block 2.6e-7 from zero, where the two paths' fp32
-# rounding (1e-7) sends it to opposite sides and its gradient differs by 0.1; in fp64 the same inputs agree to 1e-14.
-@pytest.mark.parametrize(
-    "dtype, seed, tolerance", [(torch.float64, 0, 1e-10), (torch.float32, 1, 1e-5)], ids=["fp64", "fp32"]
-)
+# fp64: the two paths compute the same formulas, to rounding. fp32: as close as rounding allows (a ReLU input
+# within fp32 rounding of 0 would land on opposite sides in the two paths; fp64 shows whether such a gap is that).
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("dropout", [False, True], ids=["dropout off", "dropout on"])
-def test_each_part_fused_equals_eager_forward_and_backward(dropout, dtype, seed, tolerance):
-    for name, module, forward in _module_cases(dropout, dtype, seed):
+def test_each_part_fused_equals_eager_forward_and_backward(dropout, dtype, tolerance):
+    for name, module, forward in _module_cases(dropout, dtype):
         module.train()
         masks = []
         fused = _run(module, forward, masks)

@@ -46,16 +46,10 @@ def _train(model: LDDetrModel, batches, masks) -> list[dict]:
 
 
 # fp64: the same formulas, to rounding (the fused input layer is fp32-only, so it runs its plain form here). fp32:
-# what users train in, within rounding. Seed 1 in fp32: seed 0's second step puts an FFN activation input of the
-# T2V encoder within fp32 rounding of 0, where the two paths land on opposite sides of the kink and 51 gradients
-# differ by up to 5 %; in fp64 the same seed agrees to 2e-14 after both steps.
-@pytest.mark.parametrize(
-    "dtype, seed, tolerance", [(torch.float64, 0, 1e-10), (torch.float32, 1, 1e-5)], ids=["fp64", "fp32"]
-)
-def test_training_steps_with_dropout_and_three_loops_equal_the_plain_modules_given_the_same_masks(
-    dtype, seed, tolerance
-):
-    torch.manual_seed(seed)
+# what users train in, within rounding.
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["fp64", "fp32"])
+def test_training_steps_with_dropout_and_three_loops_equal_the_plain_modules_given_the_same_masks(dtype, tolerance):
+    torch.manual_seed(0)
     config = tiny_config()
     assert (config.unimodal_dropout, config.hidden_dropout, config.attention_dropout) == (0.5, 0.1, 0.1)
     assert config.num_decoder_loops == 3
