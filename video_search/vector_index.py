@@ -21,7 +21,9 @@ BACKENDS = ("exact", "faiss", "qdrant")
 FAISS_FILE = "faiss.index"
 HNSW_NEIGHBOURS = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
+# recall@50 of the candidates against exact search, 200 queries near a topic of bench_library.py's 10 000-video
+# library: 0.935 at efSearch 128, 0.999 at 512 (0.42 ms a query), 1.000 at 2048 (1.25 ms)
+HNSW_EF_SEARCH = 512
 QDRANT_BATCH = 1024
 
 
