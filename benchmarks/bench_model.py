@@ -12,7 +12,8 @@ ratios; the "rounds" column gives the lowest and highest of them. The official L
 package's model is timed at each `--loops` count (1 = the official math, 3 = the paper's Loop Decoder).
 
 Also printed: FLOPs per training step and per inference forward (torch.utils.flop_counter), the achieved
-GFLOP/s next to a 2048^3 GEMM peak timed in the same rounds, the floor (those FLOPs at that peak, nothing else)
+GFLOP/s next to a GEMM peak timed in the same rounds (2048^3, smaller where one GEMM of a dtype is slow: emulated
+bf16 on CPUs without bf16 instructions runs at about 1 GFLOP/s), the floor (those FLOPs at that peak, nothing else)
 and the ceiling (the official time over the floor: the best ratio a model of that FLOP count can reach), bf16
 autocast speed-ups and losses against fp32, and the peak memory (CUDA: allocator peak per model; CPU: process
 max RSS). `--profile` prints instead torch.profiler tables (sorted by self CPU time) of one training step and one
@@ -26,6 +27,7 @@ import contextlib
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,7 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from modeling_lddetr import LDDetrConfig, LDDetrModel
 
-GEMM_SIZE = 2048
+GEMM_SIZE = 2048  # the largest GEMM the peak is timed on
+GEMM_SECONDS = 0.02  # a GEMM this slow is large enough to time: stop growing it
 
 
 def make_batch(batch_size, clips, tokens, config, device, seed=0, padded=True):
@@ -127,10 +130,21 @@ def adamw(model, device):
     )
 
 
-def gemm(dtype, device):
-    a = torch.randn(GEMM_SIZE, GEMM_SIZE, device=device).to(dtype)
-    b = torch.randn(GEMM_SIZE, GEMM_SIZE, device=device).to(dtype)
-    return lambda: a @ b
+def gemm(dtype, device) -> tuple[Callable[[], torch.Tensor], int]:
+    """A square GEMM of `dtype` and its size: 2048, or the first of 256, 512, ... that takes GEMM_SECONDS, so that
+    an emulated dtype does not spend minutes on its peak."""
+    size = 256
+    while True:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        a @ b
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if size >= GEMM_SIZE or time.perf_counter() - start >= GEMM_SECONDS:
+            return (lambda: a @ b), size
+        size *= 2
 
 
 def interleaved(tasks, rounds, warmup, device, clock):
@@ -374,7 +388,9 @@ def main():
             count_flops(lambda: runner.inference(batches[0][0], grad=True)),
         )
 
-    gemms = {"fp32": gemm(torch.float32, device), "bf16": gemm(torch.bfloat16, device)}
+    gemms, gemm_sizes = {}, {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        gemms[precision], gemm_sizes[precision] = gemm(dtype, device)
     results = {}
     for kind, rounds in (("train", args.rounds), ("inference", 2 * args.rounds)):
         # every task takes the round index and uses batch (round % batches)
@@ -396,9 +412,10 @@ def main():
     peak_of = {}
     for precision in dict.fromkeys(["fp32", *precisions]):
         gemm_times = results["train"][0][f"gemm {precision}"] + results["inference"][0][f"gemm {precision}"]
-        peak_of[precision] = 2 * GEMM_SIZE**3 / statistics.median(gemm_times) / 1e9
+        peak_of[precision] = 2 * gemm_sizes[precision] ** 3 / statistics.median(gemm_times) / 1e9
     print(
-        "GEMM peak (2048^3, timed in the same rounds): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak_of.items())
+        "GEMM peak (timed in the same rounds): "
+        + ", ".join(f"{p} {g:.0f} GFLOP/s ({gemm_sizes[p]}^3)" for p, g in peak_of.items())
     )
 
     names = (["official"] if official else []) + list(runners)
