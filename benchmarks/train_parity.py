@@ -91,6 +91,7 @@ def official_run(official_src: str, seed: int, dropout: bool, preset: str, epoch
     options = official_options(fe.model_video_feature_dim, fe.text_feature_dim, sizes.get("queue_length", 65536))
     options.hidden_dim = hidden
     options.num_convolutional_blocks = sizes.get("num_convolutional_blocks", 5)
+    options.num_queries = sizes.get("num_queries", 10)
     options.grad_clip = recipe["max_grad_norm"]
     model, criterion = model_module.build_model(options)
     if not dropout:
