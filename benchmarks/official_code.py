@@ -83,6 +83,17 @@ def official_cuda_calls_stay_on(device: torch.device):
         torch.Tensor.cuda = original
 
 
+def official_dropout_off(model: torch.nn.Module) -> None:
+    """Every dropout of the official model at 0: its nn.Dropout modules, and the float `dropout` that both
+    nn.MultiheadAttention and the official code's own MultiheadAttention (ld_detr/attention.py, the decoder's
+    attentions) keep instead of a module."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.0
+
+
 class OfficialModel:
     """The official model and criterion, with a training step and an inference forward like the official loop."""
 

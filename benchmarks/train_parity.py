@@ -65,7 +65,13 @@ def official_run(official_src: str, seed: int, dropout: bool, preset: str, epoch
     import functools
 
     import torch
-    from official_code import OfficialModel, load_official_code, official_cuda_calls_stay_on, official_options
+    from official_code import (
+        OfficialModel,
+        load_official_code,
+        official_cuda_calls_stay_on,
+        official_dropout_off,
+        official_options,
+    )
     from transformers import set_seed
 
     from hub_datasets import load_lddetr_dataset
@@ -95,11 +101,7 @@ def official_run(official_src: str, seed: int, dropout: bool, preset: str, epoch
     options.grad_clip = recipe["max_grad_norm"]
     model, criterion = model_module.build_model(options)
     if not dropout:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-            elif isinstance(module, torch.nn.MultiheadAttention):
-                module.dropout = 0.0
+        official_dropout_off(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
     epochs = epochs or int(recipe["num_train_epochs"])

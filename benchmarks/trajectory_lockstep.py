@@ -20,8 +20,15 @@ import sys
 from pathlib import Path
 
 import torch
-from official_code import load_official_code, official_cuda_calls_stay_on, official_options
+from official_code import (
+    OfficialModel,
+    load_official_code,
+    official_cuda_calls_stay_on,
+    official_dropout_off,
+    official_options,
+)
 from safetensors.torch import load_file
+from train_parity import DROPOUT_FIELDS
 
 from modeling_lddetr import LDDetrModel
 from modeling_lddetr.convert_official_checkpoint import (
@@ -43,19 +50,13 @@ def official_model(module, checkpoint: dict):
     module.LD_DETR = functools.partial(module.LD_DETR, max_v_l=raw["max_v_l"], max_q_l=raw["max_q_l"])
     model, criterion = module.build_model(options)
     model.load_state_dict(checkpoint["model"])
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.Dropout):
-            layer.p = 0.0
-        if isinstance(getattr(layer, "dropout", None), float):  # nn.MultiheadAttention keeps a float
-            layer.dropout = 0.0
+    official_dropout_off(model)
     return model, criterion
 
 
 def our_model(checkpoint: dict) -> LDDetrModel:
     config = config_from_official_checkpoint(checkpoint)
-    config.update(dict.fromkeys(
-        ("unimodal_dropout", "context_query_dropout", "attention_dropout", "activation_dropout", "hidden_dropout"), 0.0
-    ))
+    config.update(dict.fromkeys(DROPOUT_FIELDS, 0.0))
     model = LDDetrModel(config)
     model.load_state_dict(convert_official_state_dict(checkpoint["model"]))
     return model
@@ -80,17 +81,8 @@ def batch(tensors: dict, index: int) -> tuple[dict, list[dict], dict, dict]:
         }
         for b in range(video.shape[0])
     ]
-    official_inputs = dict(
-        src_txt=text, src_txt_mask=inputs["text_attention_mask"],
-        src_vid=video, src_vid_mask=inputs["video_attention_mask"],
-    )
-    targets = {
-        "span_labels": [{"spans": label["spans"]} for label in labels],
-        "saliency_pos_labels": tensors[f"{prefix}.saliency_pos_labels"],
-        "saliency_neg_labels": tensors[f"{prefix}.saliency_neg_labels"],
-        "saliency_all_labels": tensors[f"{prefix}.saliency_all_labels"],
-    }
-    return inputs, labels, official_inputs, targets
+    targets = OfficialModel.targets(labels, video.shape[1], torch.device("cpu"))
+    return inputs, labels, OfficialModel.inputs(inputs), targets
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
