@@ -94,6 +94,49 @@ def official_dropout_off(model: torch.nn.Module) -> None:
             module.dropout = 0.0
 
 
+OFFICIAL_FIXES = ("t2v-mask", "masked-global-features")
+
+
+def official_fixes(model: torch.nn.Module, fixes: tuple[str, ...]) -> None:
+    """Give the official model, at run time, the fixes of two of its bugs (reference §7.1), so that a training run
+    can tell which of them a difference in outcome comes from:
+
+    - "t2v-mask": the T2V layers' attention runs without the head-major `attn_mask` (§0.2). Built batch-major, that
+      mask only masks text padding, which the layer's `key_padding_mask` masks already, so dropping it is the fix.
+    - "masked-global-features": Distill Align's global features become means over the valid clips and tokens
+      (§7.1.5), as this package computes them. The unimodal encoders' outputs are zeroed at the padding, so the
+      official unmasked mean, once L2-normalised, equals the masked one. Downstream, padding stays masked as before
+      (attention keys, the losses); only the convolutions and BatchNorm, which see padded clips, see zeros there.
+    """
+    unknown = set(fixes) - set(OFFICIAL_FIXES)
+    if unknown:
+        raise ValueError(f"unknown official fixes {sorted(unknown)}; expected some of {OFFICIAL_FIXES}")
+    if "t2v-mask" in fixes:
+        layers = [m for m in model.modules() if type(m).__name__.startswith("T2V_TransformerEncoderLayer")]
+        if not layers:
+            raise ValueError("the official model has no T2V_TransformerEncoderLayer to fix")
+        for layer in layers:
+            attention_forward = layer.self_attn.forward
+            layer.self_attn.forward = lambda *args, _forward=attention_forward, **kwargs: _forward(
+                *args, **{**kwargs, "attn_mask": None}
+            )
+    if "masked-global-features" in fixes:
+        masks = {}
+        model_forward = model.forward
+
+        def forward_with_masks(*args, **kwargs):
+            masks["video"], masks["text"] = kwargs["src_vid_mask"], kwargs["src_txt_mask"]
+            return model_forward(*args, **kwargs)
+
+        def zero_padding(kind):
+            return lambda module, inputs, output: output * masks[kind].to(output.dtype)[..., None]
+
+        model.forward = forward_with_masks
+        for name, kind in (("video_encoder", "video"), ("momentum_video_encoder", "video"),
+                           ("text_encoder", "text"), ("momentum_text_encoder", "text")):
+            getattr(model, name).register_forward_hook(zero_padding(kind))
+
+
 class OfficialModel:
     """The official model and criterion, with a training step and an inference forward like the official loop."""
 

@@ -16,6 +16,8 @@ the best epoch (by MR mAP, the model `lddetr-train` saves).
   width and a sine embedding of 256 channels: both are set to the preset's sizes at run time (the checkout is not
   changed). Its outputs are post-processed and scored by this package's (official-equivalent) evaluation.
 The official decoder makes one pass whatever its loop count (reference §0.1); lddetr trains the paper's default.
+`--official-fixes` gives the official runs, at run time, the fixes of its T2V mask and of its unmasked global
+features (official_code.official_fixes), to tell which bug a difference in outcome comes from.
 Each run is a subprocess, so runs do not share a torch generator or threads.
 """
 
@@ -29,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from official_code import OFFICIAL_FIXES
 
 DROPOUT_FIELDS = (
     "unimodal_dropout",
@@ -60,8 +64,19 @@ def lddetr_run(seed: int, dropout: bool, preset: str, extra: list[str]) -> list[
     return epochs
 
 
-def official_run(official_src: str, seed: int, dropout: bool, preset: str, epochs: int | None) -> list[dict]:
-    """The official training loop in this process; the per-epoch evaluations."""
+def official_run(
+    official_src: str,
+    seed: int,
+    dropout: bool,
+    preset: str,
+    epochs: int | None,
+    fixes: tuple[str, ...] = (),
+    our_model: bool = False,
+) -> list[dict]:
+    """The official training loop in this process, with the run-time `fixes` of official_code.official_fixes; the
+    per-epoch evaluations. our_model: the loop trains this package's model instead (the official model's initial
+    weights converted, one decoder pass as the official one), so that a difference between the codes' outcomes can
+    be put on the model or on the loop."""
     import functools
 
     import torch
@@ -70,13 +85,15 @@ def official_run(official_src: str, seed: int, dropout: bool, preset: str, epoch
         load_official_code,
         official_cuda_calls_stay_on,
         official_dropout_off,
+        official_fixes,
         official_options,
     )
     from transformers import set_seed
 
     from hub_datasets import load_lddetr_dataset
     from hub_datasets.demo import demo_dataset_path
-    from modeling_lddetr import LDDetrDataCollator, LDDetrProcessor
+    from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor
+    from modeling_lddetr.convert_official_checkpoint import config_from_official_checkpoint, convert_official_state_dict
     from modeling_lddetr.position_encoding import anchor_sine_embedding
     from training_scripts.presets import COMMON_TRAINING, PRESETS
 
@@ -102,6 +119,14 @@ def official_run(official_src: str, seed: int, dropout: bool, preset: str, epoch
     model, criterion = model_module.build_model(options)
     if not dropout:
         official_dropout_off(model)
+    official_fixes(model, fixes)
+    if our_model:
+        config = config_from_official_checkpoint({"model": model.state_dict(), "opt": options})
+        if not dropout:
+            config.update(dict.fromkeys(DROPOUT_FIELDS, 0.0))
+        official_state = model.state_dict()
+        model = LDDetrModel(config)
+        model.load_state_dict(convert_official_state_dict(official_state), strict=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
     epochs = epochs or int(recipe["num_train_epochs"])
@@ -118,6 +143,15 @@ def official_run(official_src: str, seed: int, dropout: bool, preset: str, epoch
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
             for batch_index, indices in enumerate(batches):
                 batch = collator([train_rows[i] for i in indices])
+                if our_model:
+                    model.set_training_progress(epoch + batch_index / len(batches))
+                    batch.pop("meta")
+                    loss = model(**batch).loss
+                    optimizer.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+                    optimizer.step()
+                    continue
                 targets = OfficialModel.targets(batch["labels"], batch["video_features"].shape[1], torch.device("cpu"))
                 outputs = model(
                     **OfficialModel.inputs(batch),
@@ -156,16 +190,19 @@ def official_evaluation(model, processor, collator, rows, batch_size: int, info:
         meta = batch.pop("meta")
         batch.pop("labels", None)
         with torch.no_grad():
-            out = model(
-                src_txt=batch["text_features"],
-                src_txt_mask=batch["text_attention_mask"],
-                src_vid=batch["video_features"],
-                src_vid_mask=batch["video_attention_mask"],
-                is_training=False,
-            )
-        outputs = SimpleNamespace(
-            logits=out["pred_logits"], pred_spans=out["pred_spans"], saliency_scores=out["saliency_scores"]
-        )
+            if hasattr(model, "set_training_progress"):  # this package's model
+                outputs = model(**batch)
+            else:
+                out = model(
+                    src_txt=batch["text_features"],
+                    src_txt_mask=batch["text_attention_mask"],
+                    src_vid=batch["video_features"],
+                    src_vid_mask=batch["video_attention_mask"],
+                    is_training=False,
+                )
+                outputs = SimpleNamespace(
+                    logits=out["pred_logits"], pred_spans=out["pred_spans"], saliency_scores=out["saliency_scores"]
+                )
         records += processor.post_process(
             outputs,
             batch["video_attention_mask"],
@@ -234,8 +271,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--official-src", help="root of a qingchen239/ld-detr checkout (omit to train lddetr only)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     parser.add_argument("--dropout", choices=["on", "off"], nargs="+", default=["on", "off"])
-    parser.add_argument("--codes", choices=["lddetr", "official"], nargs="+", default=["lddetr", "official"])
+    parser.add_argument(
+        "--codes",
+        choices=["lddetr", "official", "lddetr-in-official-loop"],
+        nargs="+",
+        default=["lddetr", "official"],
+        help="lddetr-in-official-loop: this package's model trained by the official loop (needs --official-src)",
+    )
     parser.add_argument("--preset", default="demo")
+    parser.add_argument(
+        "--official-fixes",
+        nargs="+",
+        default=[],
+        choices=OFFICIAL_FIXES,
+        help="fix these official bugs at run time in the official runs (official_code.official_fixes)",
+    )
     parser.add_argument("--epochs", type=int, help="train this many epochs instead of the preset's")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     parser.add_argument(
@@ -254,11 +304,13 @@ def main(argv: list[str] | None = None) -> None:
             print_table(code, dropout, dict(sorted(runs.items())), seconds)
         return
     if args.official_run:  # the child process of one official run: its history as JSON on stdout
-        seed, dropout = json.loads(args.official_run)
-        print(json.dumps(official_run(args.official_src, seed, dropout, args.preset, args.epochs)))
+        seed, dropout, our_model = json.loads(args.official_run)
+        fixes = tuple(args.official_fixes)
+        history = official_run(args.official_src, seed, dropout, args.preset, args.epochs, fixes, our_model)
+        print(json.dumps(history))
         return
-    codes = [c for c in args.codes if c != "official" or args.official_src]
-    if "official" in args.codes and not args.official_src:
+    codes = [c for c in args.codes if c == "lddetr" or args.official_src]
+    if codes != args.codes:
         print("no --official-src: training lddetr only", file=sys.stderr)
     for dropout in (d == "on" for d in args.dropout):
         for code in codes:
@@ -276,9 +328,10 @@ def main(argv: list[str] | None = None) -> None:
                         "--preset",
                         args.preset,
                         "--_official-run",
-                        json.dumps([seed, dropout]),
+                        json.dumps([seed, dropout, code == "lddetr-in-official-loop"]),
                     ]
                     command += ["--epochs", str(args.epochs)] if args.epochs else []
+                    command += ["--official-fixes", *args.official_fixes] if args.official_fixes else []
                     result = subprocess.run(command, capture_output=True, text=True)
                     if result.returncode != 0:
                         raise SystemExit(f"the official run (seed {seed}) failed:\n{result.stderr[-3000:]}")
@@ -290,7 +343,12 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-            print_table(code, dropout, runs, seconds)
+            print_table(label(code, args.official_fixes), dropout, runs, seconds)
+
+
+def label(code: str, fixes: list[str]) -> str:
+    """The code's name in the tables: the official runs name their run-time fixes."""
+    return "+".join([code, *fixes]) if code == "official" else code
 
 
 if __name__ == "__main__":
