@@ -124,6 +124,13 @@ class LDDetrPreTrainedModel(PreTrainedModel):
             if param.dim() > 1:
                 init.xavier_uniform_(param)
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers treats any model outside its own package as custom code and then skips every module without
+        # parameters of its own, as if already initialised: the layers and the decoder below, whose xavier
+        # overwrites their Linears' defaults, would keep torch's defaults. `_init_weights` only uses
+        # `transformers.initialization`, which leaves loaded tensors alone, so it can run on every module.
+        super()._initialize_weights(module, is_custom_code=False)
+
     def _init_weights(self, module: nn.Module) -> None:
         """The official initialisation: PyTorch defaults, then xavier on the fuser's and decoder's matrices.
 
@@ -167,6 +174,8 @@ class LDDetrPreTrainedModel(PreTrainedModel):
         elif isinstance(module, LoopDecoder):
             # the learned anchors keep their own (normal) initialisation
             self._xavier_matrices(module.decoder)
+            # the official decoder zeroes its box head's last layer; the xavier above redraws only the weight
+            init.zeros_(module.decoder.anchor_offset_head.layers[-1].bias)
             for submodule in module.decoder.modules():
                 if isinstance(submodule, MultiheadAttention):
                     init.zeros_(submodule.out_proj.bias)

@@ -272,3 +272,24 @@ def test_checkpoints_of_other_settings_convert_exactly(settings, opt, tmp_path):
     assert got.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
     processor = LDDetrProcessor.from_pretrained(tmp_path / "out")
     assert processor.feature_extractor.model_video_feature_dim == settings["video_feature_dim"]
+
+
+def test_a_new_model_has_the_official_initialisation(fixture):
+    """A model built from a config draws its weights as the official code does (the fixture's weights are an
+    official random initialisation): per tensor the same spread, and zero where the official code zeroes."""
+    official = convert_official_state_dict(load_official_checkpoint(fixture["checkpoint"])["model"])
+    torch.manual_seed(0)
+    ours = LDDetrModel(config_from_official_checkpoint(load_official_checkpoint(fixture["checkpoint"]))).state_dict()
+    # the fixture perturbed these after the initialisation (its README)
+    perturbed = ("momentum_", "activation", "prelu", ".bn", "anchor_offset_head.layers.2")
+    compared = 0
+    for name, reference in official.items():
+        if any(part in name for part in perturbed) or not reference.is_floating_point() or "queue" in name:
+            continue
+        if not reference.any():
+            assert not ours[name].any(), f"{name} is zero in the official initialisation, not here"
+        elif reference.numel() >= 128:
+            assert ours[name].std().item() == pytest.approx(reference.std().item(), rel=0.15), name
+            compared += 1
+    assert compared > 150
+    assert not ours["loop_decoder.decoder.anchor_offset_head.layers.2.bias"].any()
