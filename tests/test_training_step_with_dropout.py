@@ -67,8 +67,11 @@ def test_training_steps_with_dropout_and_three_loops_equal_the_plain_modules_giv
         assert got.keys() == expected.keys()
         assert sum(name.startswith("grad ") for name in got) == sum(p.requires_grad for p in fused.parameters())
         assert got["grad video_encoder.norm1.weight"].dtype == dtype
+        # in fp32 step 0's rounding (up to 3e-6 of scale) goes through the SGD update into step 1's gradients
+        # (1.1e-5 measured at 2 threads); fp64 holds both steps to 1e-10
+        step_tolerance = tolerance * (3 if step and dtype == torch.float32 else 1)
         for name in expected:
-            _assert_close(got[name], expected[name], f"step {step}, {name}", tolerance)
+            _assert_close(got[name], expected[name], f"step {step}, {name}", step_tolerance)
     # after the steps: the updated parameters, the momentum encoders (their EMA of the online encoders), the
     # queues (the momentum features, through their in-place dropout) and the BatchNorm statistics
     expected_state = eager.state_dict()

@@ -187,8 +187,11 @@ def trained_model_dir(tmp_path_factory, tiny_clip_dir, coloured_videos):
                                clip_length=CLIP_LENGTH, max_video_clips=75)
     )
     torch.manual_seed(0)
+    # input dropout as real training has it: trained on 9 samples without any, the tiny model (official init)
+    # magnifies its inputs' rounding 20-fold (fp32 model, bf16 CLIP features: saliency off by 14 %, Spearman 0.988);
+    # with 0.2 on the unimodal encoders' inputs, 0.5 % (the other dropouts stay 0 so that 200 steps learn the scenes)
     config = tiny_config(video_feature_dim=TINY_CLIP_PROJECTION_DIM + 2, text_feature_dim=TINY_CLIP_TEXT_DIM,
-                         clip_length=2, num_queries=6, max_video_clips=75, **NO_DROPOUT)
+                         clip_length=2, num_queries=6, max_video_clips=75, **dict(NO_DROPOUT, unimodal_dropout=0.2))
     model = LDDetrModel(config)
     videos, text_features, annotations = [], [], []
     for path, seconds, starts in coloured_videos:
@@ -228,7 +231,7 @@ def test_bf16_gives_the_fp32_moments_and_saliency_on_real_videos(trained_model_d
         for dtype in ("float32", "bfloat16")
     }
     assert pipes["bfloat16"].compute_dtype == torch.bfloat16 and pipes["float32"].compute_dtype == torch.float32
-    found, report = 0, []
+    found, report, worst_iou, worst_rho = 0, [], 1.0, 1.0
     for path, seconds, starts in coloured_videos:
         results = {dtype: pipe(video=path, query=list(QUERIES.values()), top_k=3) for dtype, pipe in pipes.items()}
         for scene, fp32, bf16 in zip(QUERIES, results["float32"], results["bfloat16"]):
@@ -237,10 +240,10 @@ def test_bf16_gives_the_fp32_moments_and_saliency_on_real_videos(trained_model_d
                                torch.tensor([[top16["start"], top16["end"]]])).item()
             rho = spearmanr(fp32["saliency"], bf16["saliency"]).statistic
             report.append(f"{path.name} {scene}: IoU {iou:.3f}, Spearman {rho:.4f}")
-            assert iou >= 0.9, report
-            assert rho >= 0.99, report
+            worst_iou, worst_rho = min(worst_iou, iou), min(worst_rho, rho)
             truth = torch.tensor([scene_annotation(scene, starts, seconds)["relevant_windows"][0]])
             found += temporal_iou(torch.tensor([[top32["start"], top32["end"]]]), truth).item() >= 0.5
+    assert worst_iou >= 0.9 and worst_rho >= 0.99, "\n".join(report)
     # the model does find the scenes: the agreement above is about meaningful outputs
     assert found >= 7, (found, report)
     assert len(list((cache_dir / "features").rglob("*.npz"))) == 2 * len(coloured_videos)  # one entry per dtype
