@@ -137,6 +137,17 @@ def official_fixes(model: torch.nn.Module, fixes: tuple[str, ...]) -> None:
             getattr(model, name).register_forward_hook(zero_padding(kind))
 
 
+def lddetr_model_of(model: torch.nn.Module, options: Namespace, **config_changes) -> LDDetrModel:
+    """This package's model with an official model's weights, buffers and queues (through the checkpoint
+    converter); `config_changes` set fields of the converted config (e.g. the dropouts)."""
+    checkpoint = {"model": model.state_dict(), "opt": options}
+    config = config_from_official_checkpoint(checkpoint)
+    config.update(config_changes)
+    ours = LDDetrModel(config)
+    ours.load_state_dict(convert_official_state_dict(checkpoint["model"]), strict=True)
+    return ours
+
+
 class OfficialModel:
     """The official model and criterion, with a training step and an inference forward like the official loop."""
 
@@ -156,12 +167,7 @@ class OfficialModel:
 
     def lddetr_model(self, num_decoder_loops: int) -> LDDetrModel:
         """This package's model with the same weights, buffers and queues (through the checkpoint converter)."""
-        checkpoint = {"model": self.model.state_dict(), "opt": self.options}
-        config = config_from_official_checkpoint(checkpoint)
-        config.num_decoder_loops = num_decoder_loops
-        model = LDDetrModel(config)
-        model.load_state_dict(convert_official_state_dict(checkpoint["model"]), strict=True)
-        return model.to(self.device)
+        return lddetr_model_of(self.model, self.options, num_decoder_loops=num_decoder_loops).to(self.device)
 
     @staticmethod
     def inputs(batch: dict) -> dict:

@@ -82,6 +82,7 @@ def official_run(
     import torch
     from official_code import (
         OfficialModel,
+        lddetr_model_of,
         load_official_code,
         official_cuda_calls_stay_on,
         official_dropout_off,
@@ -92,8 +93,7 @@ def official_run(
 
     from hub_datasets import load_lddetr_dataset
     from hub_datasets.demo import demo_dataset_path
-    from modeling_lddetr import LDDetrDataCollator, LDDetrModel, LDDetrProcessor
-    from modeling_lddetr.convert_official_checkpoint import config_from_official_checkpoint, convert_official_state_dict
+    from modeling_lddetr import LDDetrDataCollator, LDDetrProcessor
     from modeling_lddetr.position_encoding import anchor_sine_embedding
     from training_scripts.presets import COMMON_TRAINING, PRESETS
 
@@ -121,12 +121,7 @@ def official_run(
         official_dropout_off(model)
     official_fixes(model, fixes)
     if our_model:
-        config = config_from_official_checkpoint({"model": model.state_dict(), "opt": options})
-        if not dropout:
-            config.update(dict.fromkeys(DROPOUT_FIELDS, 0.0))
-        official_state = model.state_dict()
-        model = LDDetrModel(config)
-        model.load_state_dict(convert_official_state_dict(official_state), strict=True)
+        model = lddetr_model_of(model, options, **({} if dropout else dict.fromkeys(DROPOUT_FIELDS, 0.0)))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
     epochs = epochs or int(recipe["num_train_epochs"])
@@ -147,22 +142,20 @@ def official_run(
                     model.set_training_progress(epoch + batch_index / len(batches))
                     batch.pop("meta")
                     loss = model(**batch).loss
-                    optimizer.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-                    optimizer.step()
-                    continue
-                targets = OfficialModel.targets(batch["labels"], batch["video_features"].shape[1], torch.device("cpu"))
-                outputs = model(
-                    **OfficialModel.inputs(batch),
-                    epoch_i=epoch,
-                    batch_idx=batch_index,
-                    train_loader_length=len(batches),
-                    targets=targets,
-                    is_training=True,
-                )
-                loss_dict = criterion(outputs, targets)
-                loss = sum(loss_dict[k] * criterion.weight_dict[k] for k in loss_dict if k in criterion.weight_dict)
+                else:
+                    labels, clips = batch["labels"], batch["video_features"].shape[1]
+                    targets = OfficialModel.targets(labels, clips, torch.device("cpu"))
+                    outputs = model(
+                        **OfficialModel.inputs(batch),
+                        epoch_i=epoch,
+                        batch_idx=batch_index,
+                        train_loader_length=len(batches),
+                        targets=targets,
+                        is_training=True,
+                    )
+                    loss_dict = criterion(outputs, targets)
+                    weights = criterion.weight_dict
+                    loss = sum(loss_dict[k] * weights[k] for k in loss_dict if k in weights)
                 optimizer.zero_grad()
                 loss.backward()
                 if options.grad_clip > 0:
@@ -180,6 +173,7 @@ def official_evaluation(model, processor, collator, rows, batch_size: int, info:
 
     import torch
 
+    from modeling_lddetr import LDDetrModel
     from processing.evaluation.metrics import evaluate_submission
     from training_scripts.prediction import ground_truth_records
 
@@ -190,7 +184,7 @@ def official_evaluation(model, processor, collator, rows, batch_size: int, info:
         meta = batch.pop("meta")
         batch.pop("labels", None)
         with torch.no_grad():
-            if hasattr(model, "set_training_progress"):  # this package's model
+            if isinstance(model, LDDetrModel):
                 outputs = model(**batch)
             else:
                 out = model(

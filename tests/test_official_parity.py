@@ -277,9 +277,10 @@ def test_checkpoints_of_other_settings_convert_exactly(settings, opt, tmp_path):
 def test_a_new_model_has_the_official_initialisation(fixture):
     """A model built from a config draws its weights as the official code does (the fixture's weights are an
     official random initialisation): per tensor the same spread, and zero where the official code zeroes."""
-    official = convert_official_state_dict(load_official_checkpoint(fixture["checkpoint"])["model"])
+    checkpoint = load_official_checkpoint(fixture["checkpoint"])
+    official = convert_official_state_dict(checkpoint["model"])
     torch.manual_seed(0)
-    ours = LDDetrModel(config_from_official_checkpoint(load_official_checkpoint(fixture["checkpoint"]))).state_dict()
+    ours = LDDetrModel(config_from_official_checkpoint(checkpoint)).state_dict()
     # the fixture perturbed these after the initialisation (its README)
     perturbed = ("momentum_", "activation", "prelu", ".bn", "anchor_offset_head.layers.2")
     compared = 0
